@@ -1,0 +1,78 @@
+"""Dataset ingestion: validate an uploaded archive fully, then store it and record it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from core.jobs.files import dataset_key
+from core.jobs.models import Dataset, new_id
+from core.jobs.repository import DatasetRepository
+from core.jobs.storage import Storage
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+class DatasetRejected(ValueError):
+    """The upload is not a usable dataset; the message tells the user what to fix."""
+
+
+def archive_suffix(filename: str) -> str:
+    lower = filename.lower()
+    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return suffix
+    raise DatasetRejected(
+        f"{filename!r} is not a dataset archive: upload a {', '.join(ARCHIVE_SUFFIXES)} file"
+    )
+
+
+def create_dataset(
+    session: Session, storage: Storage, archive: Path, *, filename: str, name: str | None = None
+) -> Dataset:
+    """Validate ``archive`` (every image decoded), store it, and commit its row.
+
+    The archive is stored before the row is committed and removed again if the commit fails, so a
+    dataset row always has its archive.
+    """
+    from core.adapt.data import DatasetError, load_dataset
+
+    suffix = archive_suffix(filename)
+    with tempfile.TemporaryDirectory(prefix="clipadapt-upload-") as tmp:
+        named = Path(tmp) / f"upload{suffix}"  # load_dataset picks the format by suffix
+        named.symlink_to(archive.resolve())
+        try:
+            loaded = load_dataset(named, extract_dir=Path(tmp) / "data")
+        except DatasetError as e:
+            raise DatasetRejected(str(e)) from e
+
+    dataset_id = new_id()
+    dataset = Dataset(
+        id=dataset_id,
+        name=name or Path(filename).name.removesuffix(suffix),
+        filename=Path(filename).name,
+        archive_key=dataset_key(dataset_id, suffix),
+        size_bytes=archive.stat().st_size,
+        class_ids=list(loaded.class_ids),
+        classnames=list(loaded.classnames),
+        split_counts=loaded.split_counts(),
+    )
+    storage.put_file(dataset.archive_key, archive)
+    try:
+        DatasetRepository(session).add(dataset)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        storage.delete(dataset.archive_key)
+        raise
+    return dataset
+
+
+def delete_dataset(session: Session, storage: Storage, dataset: Dataset) -> None:
+    """Delete the row, commit, then the archive: at worst an orphaned object, never a dangling row."""
+    key = dataset.archive_key
+    DatasetRepository(session).delete(dataset)
+    session.commit()
+    storage.delete(key)

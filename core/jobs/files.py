@@ -1,0 +1,90 @@
+"""Local copies of stored datasets and artifacts, and artifact archives (.tar.gz / .zip)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from core.jobs.storage import Storage
+
+
+def dataset_key(dataset_id: str, suffix: str) -> str:
+    return f"datasets/{dataset_id}/archive{suffix}"
+
+
+def artifact_key(job_id: str) -> str:
+    return f"artifacts/{job_id}/artifact.tar.gz"
+
+
+def pack_artifact(artifact_dir: Path, dest: Path, arcname: str) -> Path:
+    """Write ``artifact_dir`` as a .tar.gz whose single top-level folder is ``arcname``."""
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(artifact_dir, arcname=arcname)
+    return dest
+
+
+def tar_to_zip(tar_path: Path, dest: Path) -> Path:
+    """Re-pack an artifact .tar.gz as a .zip (same member names)."""
+    with tarfile.open(tar_path) as tar, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for member in tar.getmembers():
+            if member.isfile():
+                source = tar.extractfile(member)
+                assert source is not None
+                info = zipfile.ZipInfo(member.name, time.gmtime(max(member.mtime, 315532800))[:6])
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                with source, zf.open(info, "w") as out:
+                    shutil.copyfileobj(source, out, 1024 * 1024)
+    return dest
+
+
+def _materialize(final: Path, build) -> Path:
+    """Build ``final`` in a temp dir beside it and rename, so readers never see a partial copy.
+    A concurrent builder that wins the rename is fine: both built the same content."""
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        built = build(work)
+        try:
+            os.replace(built, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def local_dataset(storage: Storage, key: str, cache_dir: Path, dataset_id: str) -> Path:
+    """The extracted dataset folder in the local cache, fetched and extracted on first use."""
+    from core.adapt.data import extract_archive
+
+    def build(work: Path) -> Path:
+        archive = work / Path(key).name
+        storage.get_file(key, archive)
+        return extract_archive(archive, work / "data")
+
+    return _materialize(cache_dir / "datasets" / dataset_id, build)
+
+
+def local_artifact(storage: Storage, key: str, cache_dir: Path, job_id: str) -> Path:
+    """The extracted artifact folder (the one holding manifest.json) in the local cache."""
+
+    def build(work: Path) -> Path:
+        archive = work / "artifact.tar.gz"
+        storage.get_file(key, archive)
+        out = work / "artifact"
+        with tarfile.open(archive) as tar:
+            tar.extractall(out, filter="data")
+        (top,) = [p for p in out.iterdir() if p.is_dir()]
+        return top
+
+    return _materialize(cache_dir / "artifacts" / job_id, build)

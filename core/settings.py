@@ -1,0 +1,103 @@
+"""Deployment settings: one class, read from ``CLIPADAPT_*`` environment variables.
+
+Only deployment concerns live here (where data goes, which services to talk to, limits). Training
+hyperparameters belong to a job's recipe. Every field is listed in docs/service.md.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CLIPADAPT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    data_dir: Path = Field(
+        Path("data"),
+        description="Directory for the SQLite database, local storage and caches.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL; empty means SQLite at DATA_DIR/clipadapt.db. "
+        "postgresql:// URLs use the psycopg 3 driver.",
+    )
+    broker_url: str = Field(
+        "",
+        description="Celery broker (e.g. redis://redis:6379/0); empty runs jobs in-process "
+        "(embedded runner).",
+    )
+    storage_url: str = Field(
+        "",
+        description="Where dataset archives and artifacts go: empty means DATA_DIR/storage, "
+        "a directory path, or s3://bucket[/prefix].",
+    )
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO etc.); empty = AWS.")
+    s3_region: str = Field("us-east-1", description="S3 region name.")
+    s3_access_key_id: str = Field("", description="S3 access key; empty = boto3 default chain.")
+    s3_secret_access_key: str = Field("", description="S3 secret key; empty = boto3 default chain.")
+    model_catalog: str = Field(
+        "", description="JSON file listing the base models offered; empty = built-in catalog."
+    )
+    device: str = Field(
+        "auto", description="Torch device for training and prediction: auto, cpu, cuda, cuda:1..."
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Torch CPU threads per process; 0 = torch's default."
+    )
+    embedded_workers: int = Field(
+        1, ge=1, description="Jobs the embedded runner trains at the same time."
+    )
+    job_queue: str = Field("gpu", description="Celery queue that training tasks are routed to.")
+    max_upload_mb: int = Field(2048, ge=1, description="Largest dataset archive accepted, in MiB.")
+    max_predict_images: int = Field(64, ge=1, description="Most images in one /predict request.")
+    model_cache_size: int = Field(
+        4, ge=1, description="Loaded models (base and fine-tuned) kept in memory for /predict."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, url: str) -> str:
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'clipadapt.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str((self.data_dir / "storage").resolve())
+
+    @property
+    def embedded(self) -> bool:
+        """True when jobs run inside the API process tree instead of on Celery workers."""
+        return not self.broker_url
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local copies of datasets and artifacts fetched from storage."""
+        return self.data_dir / "cache"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as CLIPADAPT_* variables, for a child process to read back."""
+        values = self.model_dump() | {"data_dir": self.data_dir.resolve()}
+        return {f"CLIPADAPT_{name.upper()}": str(value) for name, value in values.items()}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
