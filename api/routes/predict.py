@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from api.deps import CatalogDep, PredictionDep, SessionDep, SettingsDep
+from api.errors import ERROR_RESPONSES, APIError, field_error
+from api.schemas import ImagePrediction, LabelProbability, PredictModel, PredictResponse
+from core.jobs.models import JobState
+from core.jobs.repository import JobRepository
+from core.jobs.storage import StorageError
+
+router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
+
+
+def _parse_classnames(values: list[str] | None) -> list[str]:
+    """Repeated form fields, or one field holding a JSON list or comma-separated names."""
+    if not values:
+        return []
+    if len(values) == 1:
+        text = values[0].strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise field_error("classnames", f"invalid JSON list: {e}", text) from e
+            if not isinstance(parsed, list) or not all(isinstance(c, str) for c in parsed):
+                raise field_error("classnames", "expected a JSON list of strings", text)
+            values = parsed
+        else:
+            values = text.split(",")
+    names = [v.strip() for v in values]
+    if any(not n for n in names):
+        raise field_error("classnames", "class names must not be empty", values)
+    if len(set(names)) != len(names):
+        raise field_error("classnames", "class names must be unique", names)
+    return names
+
+
+@router.post("/predict", response_model=PredictResponse)
+def predict(
+    session: SessionDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    service: PredictionDep,
+    images: Annotated[list[UploadFile], File(description="One or more images.")],
+    job_id: Annotated[str | None, Form(description="A succeeded job's fine-tuned model.")] = None,
+    base_model: Annotated[str | None, Form(description="Zero-shot: a base model name.")] = None,
+    classnames: Annotated[
+        list[str] | None,
+        Form(description="Zero-shot: class names (repeat the field, or one comma-separated/JSON list)."),
+    ] = None,
+    top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
+) -> PredictResponse:
+    """Classify images with a fine-tuned model (job_id) or zero-shot (base_model + classnames)."""
+    from core.adapt.data import DatasetError
+
+    if len(images) > settings.max_predict_images:
+        raise field_error("images", f"at most {settings.max_predict_images} images per request", len(images))
+    if (job_id is None) == (base_model is None):
+        raise APIError(422, "validation_error", "give either job_id, or base_model with classnames")
+
+    if job_id is not None:
+        job = JobRepository(session).get(job_id)
+        if job is None:
+            raise field_error("job_id", "no job with this id", job_id)
+        if job.state != JobState.succeeded or job.artifact_key is None:
+            raise APIError(409, "model_unavailable", f"job {job_id} is {job.state}, not succeeded")
+        model = PredictModel(
+            kind="fine-tuned",
+            job_id=job.id,
+            base_model=job.base_model,
+            classnames=job.dataset.classnames if job.dataset else [],
+        )
+        spec, key = job.base_model_spec, job.artifact_key
+        session.close()  # release the connection before the slow part
+        try:
+            predictor = service.for_job(job_id, spec, key)
+        except StorageError as e:
+            raise APIError(503, "storage_error", str(e)) from e
+    else:
+        assert base_model is not None
+        entry = catalog.get(base_model)
+        if entry is None:
+            raise field_error("base_model", f"unknown base model; choose one of: {', '.join(catalog)}", base_model)
+        names = _parse_classnames(classnames)
+        if len(names) < 2:
+            raise field_error("classnames", "zero-shot needs at least 2 class names", classnames)
+        model = PredictModel(kind="zero-shot", base_model=entry.name, classnames=names)
+        predictor = service.zero_shot(entry.spec(), names)
+
+    try:
+        decoded = service.open_images([(f.filename or f"image{i}", f.file) for i, f in enumerate(images)])
+    except DatasetError as e:
+        raise field_error("images", str(e)) from e
+    results = service.predict(predictor, decoded, top_k=top_k)
+    if model.kind == "fine-tuned" and not model.classnames:
+        model.classnames = list(getattr(predictor, "classnames", []) or [])
+    return PredictResponse(
+        model=model,
+        predictions=[
+            ImagePrediction(
+                filename=f.filename or f"image{i}",
+                labels=[LabelProbability(label=p["label"], probability=float(p["probability"])) for p in preds],
+            )
+            for i, (f, preds) in enumerate(zip(images, results, strict=True))
+        ],
+    )

@@ -1,0 +1,246 @@
+"""Request and response schemas, separate from the ORM models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from core.adapt.recipe import Recipe, parse_recipe
+from core.jobs.catalog import CatalogEntry
+from core.jobs.models import Dataset, Job, JobEvent, JobMetric, JobState
+
+# ------------------------------------------------------------------------------------ datasets
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    filename: str
+    size_bytes: int
+    class_ids: list[str] = Field(description="Folder / label names, sorted; index = class index.")
+    classnames: list[str] = Field(description="Names used in prompts, same order as class_ids.")
+    split_counts: dict[str, dict[str, int]] = Field(description="Images per split and class id.")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetPublic:
+        return cls.model_validate(dataset, from_attributes=True)
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+# -------------------------------------------------------------------------------------- models
+
+
+class ModelPublic(BaseModel):
+    name: str = Field(description="Catalog name (base) or job id (fine-tuned).")
+    kind: Literal["base", "fine-tuned"]
+    description: str = ""
+    model: str | None = Field(None, description="open_clip architecture or config (base models).")
+    pretrained: str | None = Field(None, description="Weight source (base models).")
+    job_id: str | None = None
+    base_model: str | None = Field(None, description="Catalog name the fine-tuned model started from.")
+    method: str | None = None
+    classnames: list[str] | None = None
+    val_metrics: dict[str, Any] | None = None
+    test_metrics: dict[str, Any] | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def of_entry(cls, entry: CatalogEntry) -> ModelPublic:
+        return cls(
+            name=entry.name,
+            kind="base",
+            description=entry.description,
+            model=entry.model,
+            pretrained=entry.pretrained,
+        )
+
+    @classmethod
+    def of_job(cls, job: Job) -> ModelPublic:
+        recipe = job.resolved_recipe or job.recipe
+        return cls(
+            name=job.id,
+            kind="fine-tuned",
+            description=job.name or "",
+            job_id=job.id,
+            base_model=job.base_model,
+            method=recipe.get("method"),
+            classnames=job.dataset.classnames if job.dataset else None,
+            val_metrics=job.val_metrics,
+            test_metrics=job.test_metrics,
+            created_at=job.finished_at,
+        )
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+# ---------------------------------------------------------------------------------------- jobs
+
+
+def _auto_recipe() -> Any:
+    return parse_recipe({"method": "auto"})
+
+
+class JobCreate(BaseModel):
+    dataset_id: str = Field(description="Id of an uploaded dataset.")
+    base_model: str = Field(description="Name of a base model from GET /models.")
+    recipe: Recipe = Field(
+        default_factory=_auto_recipe,
+        description="Method and hyperparameters; `method: auto` picks one from the data.",
+    )
+    name: str | None = Field(None, max_length=255)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form JSON kept on the job.")
+
+
+class JobProgress(BaseModel):
+    stage: int | None = Field(None, description="Index of the training stage (0 = first; LayerNorm-init adds a stage).")
+    stage_name: str | None = None
+    epoch: int | None = Field(None, description="Epochs finished in the current stage.")
+    epochs: int | None = Field(None, description="Epochs in the current stage.")
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str | None
+    metadata: dict[str, Any]
+    state: JobState
+    dataset_id: str | None
+    base_model: str
+    recipe: dict[str, Any] = Field(description="The recipe as submitted, with defaults filled in.")
+    resolved_recipe: dict[str, Any] | None = Field(
+        None, description="The recipe that was trained (auto: the one it picked)."
+    )
+    auto_decision: dict[str, Any] | None = None
+    progress: JobProgress
+    trainable_params: int | None = None
+    val_metrics: dict[str, Any] | None = Field(None, description="Best validation metrics.")
+    test_metrics: dict[str, Any] | None = None
+    error: JobError | None = None
+    artifact_available: bool
+    attempts: int
+    cancel_requested_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id,
+            name=job.name,
+            metadata=job.meta,
+            state=job.state,
+            dataset_id=job.dataset_id,
+            base_model=job.base_model,
+            recipe=job.recipe,
+            resolved_recipe=job.resolved_recipe,
+            auto_decision=job.auto_decision,
+            progress=JobProgress(
+                stage=job.stage, stage_name=job.stage_name, epoch=job.epoch, epochs=job.epochs
+            ),
+            trainable_params=job.trainable_params,
+            val_metrics=job.val_metrics,
+            test_metrics=job.test_metrics,
+            error=JobError.model_validate(job.error) if job.error else None,
+            artifact_available=job.artifact_key is not None,
+            attempts=job.attempts,
+            cancel_requested_at=job.cancel_requested_at,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            updated_at=job.updated_at,
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class JobMetricPublic(BaseModel):
+    stage: int
+    stage_name: str
+    epoch: int
+    epochs: int
+    train_loss: float
+    val: dict[str, Any]
+    best: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, metric: JobMetric) -> JobMetricPublic:
+        return cls.model_validate(metric, from_attributes=True)
+
+
+class JobMetricsPublic(BaseModel):
+    data: list[JobMetricPublic]
+    count: int
+
+
+class JobEventPublic(BaseModel):
+    kind: Literal["state", "message"]
+    state: JobState | None
+    message: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, event: JobEvent) -> JobEventPublic:
+        return cls.model_validate(event, from_attributes=True)
+
+
+class JobEventsPublic(BaseModel):
+    data: list[JobEventPublic]
+    count: int
+
+
+# ------------------------------------------------------------------------------------- predict
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ImagePrediction(BaseModel):
+    filename: str
+    labels: list[LabelProbability] = Field(description="Top-k labels, most probable first.")
+
+
+class PredictModel(BaseModel):
+    kind: Literal["fine-tuned", "zero-shot"]
+    job_id: str | None = None
+    base_model: str
+    classnames: list[str]
+
+
+class PredictResponse(BaseModel):
+    model: PredictModel
+    predictions: list[ImagePrediction]
+
+
+# -------------------------------------------------------------------------------------- health
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ok"] = "ok"
+    checks: dict[str, str]
