@@ -1,0 +1,271 @@
+"""Torch building blocks shared by the methods: text encoding, classification heads, injected layers.
+
+Everything here works on an open_clip `CLIP` model (built-in text tower). The text encoder is run through
+`encode_text_embeddings`, which accepts token *embeddings* (so prompt tuning can insert learned vectors)
+and trims the sequence to the longest prompt: with CLIP's causal mask the tokens up to the end-of-text
+token never attend to the padding after it, so the result equals the full 77-token pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------------------------------------------
+# Text encoding
+
+
+def text_width(clip: nn.Module) -> int:
+    return clip.token_embedding.weight.shape[1]
+
+
+def encode_text_embeddings(clip: nn.Module, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    """Run CLIP's text transformer on token embeddings [N, L, W]; returns projected features [N, D]."""
+    length = embeddings.shape[1]
+    x = embeddings + clip.positional_embedding[:length].to(embeddings.dtype)
+    attn_mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+    x = clip.transformer(x, attn_mask=attn_mask)
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+    projection = clip.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+def trim_tokens(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut padded token ids [N, 77] to the longest prompt; returns (tokens, end-of-text index)."""
+    eot_index = tokens.argmax(dim=-1)  # the end-of-text token has the largest id in CLIP's vocabulary
+    return tokens[:, : int(eot_index.max()) + 1], eot_index
+
+
+def encode_tokens(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Same result as `clip.encode_text(tokens)`, with the context trimmed to what the prompts need."""
+    tokens, eot_index = trim_tokens(tokens)
+    return encode_text_embeddings(clip, clip.token_embedding(tokens), eot_index)
+
+
+def check_supported(clip: nn.Module) -> None:
+    required = ("token_embedding", "positional_embedding", "transformer", "ln_final", "visual")
+    missing = [name for name in required if not hasattr(clip, name)]
+    if missing or getattr(clip, "text_pool_type", "argmax") != "argmax":
+        raise ValueError(
+            "only open_clip CLIP models with the built-in text transformer (argmax pooling) are supported; "
+            f"this model is a {type(clip).__name__}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Image encoding
+
+
+def encode_images(clip: nn.Module, images: torch.Tensor, projected: bool) -> torch.Tensor:
+    """Image features: CLIP-space embeddings, or the pooled features before the projection."""
+    visual = clip.visual
+    if projected:
+        return visual(images)
+    # open_clip's VisionTransformer.forward minus the final projection (linear probe, section 3.2).
+    x = visual.transformer(visual._embeds(images))
+    pooled, _ = visual._pool(x)
+    return pooled
+
+
+def image_feature_dim(clip: nn.Module, projected: bool) -> int:
+    visual = clip.visual
+    if projected or getattr(visual, "proj", None) is None:
+        return clip.visual.output_dim
+    return visual.proj.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Heads: image features -> class logits
+
+
+class Head(nn.Module):
+    """Turns image features into logits. Text heads build class embeddings with the CLIP text tower.
+
+    `class_embeddings(clip)` is what can be computed once whenever nothing on the text side trains;
+    `logits(features, class_embeddings, clip)` is the per-image part.
+    """
+
+    projected: bool = True  # consumes CLIP-space image embeddings (False: pre-projection features)
+    uses_text: bool = True
+
+    def class_embeddings(self, clip: nn.Module) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def logits(self, features: torch.Tensor, class_embeddings: torch.Tensor | None, clip: nn.Module) -> torch.Tensor:
+        features = F.normalize(features, dim=-1)
+        return clip.logit_scale.exp() * features @ class_embeddings.to(features.dtype).T
+
+
+class TemplateHead(Head):
+    """Class embeddings from prompt templates, ensembled per Radford et al.: per-template normalize,
+    average over templates, renormalize."""
+
+    def __init__(self, tokenizer, classnames: list[str], templates: list[str]):
+        super().__init__()
+        self.num_classes = len(classnames)
+        self.num_templates = len(templates)
+        texts = [template.format(name) for name in classnames for template in templates]
+        tokens, eot_index = trim_tokens(tokenizer(texts))
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("eot_index", eot_index, persistent=False)
+
+    def class_embeddings(self, clip: nn.Module, chunk_size: int = 1024) -> torch.Tensor:
+        embedded = [
+            encode_text_embeddings(clip, clip.token_embedding(self.tokens[i : i + chunk_size]), self.eot_index[i : i + chunk_size])
+            for i in range(0, len(self.tokens), chunk_size)
+        ]
+        per_template = F.normalize(torch.cat(embedded), dim=-1).view(self.num_classes, self.num_templates, -1)
+        return F.normalize(per_template.mean(dim=1), dim=-1)
+
+
+class PromptHead(Head):
+    """Prompt tuning (section 3.2): learned context vectors prepended to the raw class-name tokens,
+    no template: [SOT] ctx_1..ctx_n name... [EOT]."""
+
+    def __init__(self, tokenizer, classnames: list[str], n_ctx: int, width: int, context_length: int, init_std: float):
+        super().__init__()
+        tokens, eot_index = trim_tokens(tokenizer(classnames))
+        if int(eot_index.max()) + 1 + n_ctx > context_length:
+            longest = classnames[int(eot_index.argmax())]
+            raise ValueError(f"class name {longest!r} is too long for {n_ctx} prompt vectors in a {context_length}-token context")
+        self.ctx = nn.Parameter(torch.randn(n_ctx, width) * init_std)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("eot_index", eot_index + n_ctx, persistent=False)
+
+    def class_embeddings(self, clip: nn.Module) -> torch.Tensor:
+        names = clip.token_embedding(self.tokens)
+        ctx = self.ctx.to(names.dtype).expand(names.shape[0], -1, -1)
+        embeddings = torch.cat([names[:, :1], ctx, names[:, 1:]], dim=1)
+        return F.normalize(encode_text_embeddings(clip, embeddings, self.eot_index), dim=-1)
+
+
+class LinearHead(Head):
+    """Linear probe on the image features before the projection (section 3.2); the text tower is unused."""
+
+    projected = False
+    uses_text = False
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def class_embeddings(self, clip: nn.Module) -> None:
+        return None
+
+    def logits(self, features: torch.Tensor, class_embeddings: None, clip: nn.Module) -> torch.Tensor:
+        return self.linear(features.to(self.linear.weight.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Injected layers (text encoder)
+
+
+class Adapter(nn.Module):
+    """Houlsby bottleneck: x + up(gelu(down(x))). The up-projection starts at zero, so the block is the
+    identity before training."""
+
+    def __init__(self, width: int, bottleneck: int):
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.act(self.down(x)))
+
+
+class PHMLinear(nn.Module):
+    """Parameterized hypercomplex linear layer (Mahabadi et al., 2021):
+    W = sum_i A_i kron (s_i t_i^T), with the n x n matrices A_i shared across layers and rank-1 s_i t_i^T."""
+
+    def __init__(self, in_features: int, out_features: int, rule: nn.Parameter, zero_init: bool = False):
+        super().__init__()
+        n = rule.shape[0]
+        if in_features % n or out_features % n:
+            raise ValueError(f"PHM layer sizes {in_features}x{out_features} must be divisible by n={n}")
+        self.rule = rule  # the same Parameter object in every layer: counted and trained once
+        self.s = nn.Parameter(torch.empty(n, in_features // n, 1))
+        self.t = nn.Parameter(torch.empty(n, 1, out_features // n))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.s, -bound, bound)
+        nn.init.uniform_(self.t, -bound, bound)
+        if zero_init:
+            nn.init.zeros_(self.s)
+
+    def weight(self) -> torch.Tensor:
+        # kron(A_i [n,n], s_i t_i^T [in/n, out/n]) summed over i -> [in, out]
+        n = self.rule.shape[0]
+        low_rank = self.s @ self.t  # [n, in/n, out/n]
+        w = torch.einsum("iab,icd->acbd", self.rule, low_rank)
+        return w.reshape(n * low_rank.shape[1], n * low_rank.shape[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight().to(x.dtype) + self.bias.to(x.dtype)
+
+
+class Compacter(nn.Module):
+    """The adapter bottleneck with PHM projections; identity before training (the up-projection's s
+    starts at zero)."""
+
+    def __init__(self, width: int, bottleneck: int, rule: nn.Parameter):
+        super().__init__()
+        self.down = PHMLinear(width, bottleneck, rule)
+        self.act = nn.GELU()
+        self.up = PHMLinear(bottleneck, width, rule, zero_init=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.act(self.down(x)))
+
+
+def inject_after_mlp(clip: nn.Module, make: callable) -> None:
+    """Append a module after the feed-forward layer of every text-encoder block (Houlsby et al.).
+
+    open_clip's block MLP is an nn.Sequential, so the module simply becomes its last element; the
+    block's own code (and `mlp.c_fc`, which open_clip reads for its dtype) stays untouched.
+    """
+    for block in clip.transformer.resblocks:
+        block.mlp.add_module("adapter", make())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parameter selection
+
+
+def _layernorms(modules) -> list[nn.LayerNorm]:
+    return [m for module in modules for m in module.modules() if isinstance(m, nn.LayerNorm)]
+
+
+def layernorm_parameters(clip: nn.Module, image: bool = True, text: bool = True, last_blocks: int | None = None) -> list[nn.Parameter]:
+    """gamma and beta of the LayerNorms of the chosen towers (section 3.1). With last_blocks=K, only
+    those in each tower's last K blocks and the final one after them (ln_post, ln_final)."""
+    towers = []
+    if image:
+        towers.append((clip.visual, clip.visual.transformer.resblocks, clip.visual.ln_post))
+    if text:
+        towers.append((None, clip.transformer.resblocks, clip.ln_final))
+    norms: list[nn.LayerNorm] = []
+    for visual, blocks, final_norm in towers:
+        if last_blocks is None:
+            norms += _layernorms([visual]) if visual is not None else _layernorms(blocks) + [final_norm]
+        else:
+            norms += _layernorms(list(blocks)[len(blocks) - last_blocks :] if last_blocks else []) + [final_norm]
+    return [p for m in norms for p in m.parameters(recurse=False)]
+
+
+def text_tower_parameters(clip: nn.Module) -> list[nn.Parameter]:
+    visual = {id(p) for p in clip.visual.parameters()}
+    return [p for p in clip.parameters() if id(p) not in visual]
+
+
+def set_trainable(parameters, trainable: bool = True) -> None:
+    for p in parameters:
+        p.requires_grad_(trainable)

@@ -1,0 +1,260 @@
+"""One training loop for every method and stage (appendix A.3).
+
+Cross-entropy, AdamW over the parameters that require grad, cosine schedule over all steps, evaluation on
+the validation split after every epoch, and the best epoch's parameters kept. Work that cannot change
+between steps is done once: class embeddings while the text side is frozen, validation features while
+the image tower is frozen. Progress and cancellation go through `TrainCallbacks`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from core.adapt.adapted import AdaptedModel, Stage, plan_stages, prepare_stage
+from core.adapt.auto import choose_recipe
+from core.adapt.data import Dataset, ImageCache, ImageSamples, Sample, build_transforms, make_splits
+from core.adapt.methods import RecipeBase
+from core.adapt.methods.zero_shot import ZeroShotConfig
+from core.adapt.metrics import classification_metrics
+from core.adapt.models import ClipBase
+from core.adapt.recipe import AutoConfig
+
+
+class TrainingCancelled(Exception):
+    """Raised when the callbacks ask to stop; nothing is returned or saved."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochReport:
+    stage: int
+    stage_name: str
+    epoch: int  # 1-based
+    epochs: int
+    train_loss: float
+    val: dict[str, Any]
+    best: bool
+
+
+class TrainCallbacks(Protocol):
+    def on_stage_start(self, stage: int, name: str, epochs: int) -> None: ...
+    def on_epoch_end(self, report: EpochReport) -> None: ...
+    def on_message(self, message: str) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+class NoCallbacks:
+    def on_stage_start(self, stage: int, name: str, epochs: int) -> None:
+        pass
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        pass
+
+    def on_message(self, message: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass
+class TrainResult:
+    adapted: AdaptedModel
+    recipe: RecipeBase  # concrete: for 'auto', the recipe it picked
+    stages: list[Stage]
+    base: ClipBase
+    class_ids: list[str]
+    trained_names: set[str]
+    history: list[dict[str, Any]]
+    val_metrics: dict[str, Any]
+    test_metrics: dict[str, Any] | None
+    auto_decision: dict[str, Any] | None = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def trainable_params(self) -> int:
+        params = dict(self.adapted.named_parameters())
+        return sum(params[name].numel() for name in self.trained_names)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device):
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+class _Splits:
+    """The three splits as image datasets sharing one decoded-image cache."""
+
+    def __init__(self, base: ClipBase, train: list[Sample], val: list[Sample], test: list[Sample]):
+        train_tf, eval_tf = build_transforms(base.image_size, base.mean, base.std)
+        cache = ImageCache(base.image_size)
+        self.train = ImageSamples(train, train_tf, cache)
+        self.val = ImageSamples(val, eval_tf, cache)
+        self.test = ImageSamples(test, eval_tf, cache)
+
+
+@torch.no_grad()
+def encode_split(model: AdaptedModel, images: ImageSamples, device: torch.device, batch_size: int = 64):
+    """Image features and labels of a whole (eval-transformed) split."""
+    features, labels = [], []
+    for batch, target in DataLoader(images, batch_size=batch_size):
+        with _autocast(device):
+            features.append(model.encode_images(batch.to(device)).float())
+        labels.append(target)
+    return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def evaluate(
+    model: AdaptedModel,
+    images: ImageSamples,
+    device: torch.device,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
+    class_embeddings: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    if len(images) == 0:
+        return {}
+    feats, labels = features if features is not None else encode_split(model, images, device)
+    if class_embeddings is None:
+        class_embeddings = model.class_embeddings()
+    predictions = model.logits(feats, class_embeddings).argmax(dim=-1)
+    return classification_metrics(labels.tolist(), predictions.cpu().tolist(), model.classnames)
+
+
+def _fit(
+    model: AdaptedModel,
+    stage_index: int,
+    stage: Stage,
+    splits: _Splits,
+    callbacks: TrainCallbacks,
+    device: torch.device,
+    generator: torch.Generator,
+) -> list[dict[str, Any]]:
+    recipe = stage.recipe
+    trainable = model.trainable_parameters()
+    if not trainable or stage.epochs == 0:
+        return []
+    optimizer = torch.optim.AdamW(
+        trainable.values(), lr=recipe.resolved_lr(), weight_decay=recipe.weight_decay, fused=device.type == "cuda"
+    )
+    loader = DataLoader(
+        splits.train, batch_size=min(recipe.batch_size, len(splits.train)), shuffle=True, generator=generator
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.epochs * len(loader))
+
+    image_frozen = not model.image_tower_trains()
+    fixed_classes = None
+    if not model.text_side_trains():
+        with torch.no_grad():
+            fixed_classes = model.class_embeddings()
+    val_features = encode_split(model, splits.val, device) if image_frozen and len(splits.val) else None
+
+    history, best_accuracy, best_state = [], -1.0, None
+    for epoch in range(1, stage.epochs + 1):
+        total_loss, seen = 0.0, 0
+        for images, labels in loader:
+            if callbacks.should_stop():
+                raise TrainingCancelled()
+            images, labels = images.to(device), labels.to(device)
+            with _autocast(device):
+                with torch.set_grad_enabled(not image_frozen):
+                    features = model.encode_images(images)
+                classes = fixed_classes if fixed_classes is not None else model.class_embeddings()
+                loss = F.cross_entropy(model.logits(features, classes).float(), labels)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} in stage '{stage.name}', epoch {epoch}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(labels)
+            seen += len(labels)
+
+        val = evaluate(model, splits.val, device, features=val_features, class_embeddings=fixed_classes)
+        # Without a validation split the last epoch is kept.
+        accuracy = val.get("accuracy", math.inf)
+        is_best = accuracy > best_accuracy or not val
+        if is_best:
+            best_accuracy = accuracy
+            best_state = {name: p.detach().clone() for name, p in trainable.items()}
+        report = EpochReport(stage_index, stage.name, epoch, stage.epochs, total_loss / max(seen, 1), val, is_best)
+        history.append({"stage": stage_index, "stage_name": stage.name, "epoch": epoch, "epochs": stage.epochs,
+                        "train_loss": report.train_loss, "val": val, "best": is_best})
+        callbacks.on_epoch_end(report)
+
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(best_state[name])
+    return history
+
+
+def train(
+    base: ClipBase,
+    dataset: Dataset,
+    recipe: RecipeBase,
+    callbacks: TrainCallbacks | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Run a recipe on a dataset; returns the adapted model with its metrics. The base is not modified."""
+    callbacks = callbacks or NoCallbacks()
+    device = resolve_device(device)
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+
+    parts = make_splits(dataset, recipe.shots, recipe.seed, recipe.val_per_class)
+    if not parts.train:
+        raise ValueError("the dataset has no training images")
+    splits = _Splits(base, parts.train, parts.val, parts.test)
+    preprocess = {"image_size": base.image_size, "mean": list(base.mean), "std": list(base.std)}
+    clip = copy.deepcopy(base.model).to(device)
+
+    decision = None
+    if isinstance(recipe, AutoConfig):
+        probe = ZeroShotConfig(templates=recipe.templates)
+        zero_shot = prepare_stage(clip, Stage("zero_shot", probe, False, 0), dataset.classnames, base.tokenizer, preprocess)
+        zero_shot_accuracy = evaluate(zero_shot, splits.val if len(splits.val) else splits.train, device)["accuracy"]
+        shots = recipe.shots or round(len(parts.train) / len(dataset.classnames))
+        recipe, decision = choose_recipe(recipe, zero_shot_accuracy, shots)
+        callbacks.on_message(f"auto picked {decision['picked']}: {decision['reason']}")
+
+    stages = plan_stages(recipe)
+    history: list[dict[str, Any]] = []
+    trained: set[str] = set()
+    for index, stage in enumerate(stages):
+        model = prepare_stage(clip, stage, dataset.classnames, base.tokenizer, preprocess)
+        trained |= set(model.trainable_parameters())
+        callbacks.on_stage_start(index, stage.name, stage.epochs)
+        history += _fit(model, index, stage, splits, callbacks, device, generator)
+
+    model.requires_grad_(False)
+    return TrainResult(
+        adapted=model,
+        recipe=recipe,
+        stages=stages,
+        base=base,
+        class_ids=list(dataset.class_ids),
+        trained_names=trained,
+        history=history,
+        val_metrics=evaluate(model, splits.val, device),
+        test_metrics=evaluate(model, splits.test, device) or None,
+        auto_decision=decision,
+        split_sizes={"train": len(parts.train), "val": len(parts.val), "test": len(parts.test),
+                     "shots_per_class_min": min(Counter(s.label for s in parts.train).values())},
+    )
