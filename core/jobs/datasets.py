@@ -41,7 +41,8 @@ def create_dataset(
 
     suffix = archive_suffix(filename)
     with tempfile.TemporaryDirectory(prefix="clipadapt-upload-") as tmp:
-        named = Path(tmp) / f"upload{suffix}"  # load_dataset picks the format by suffix
+        # load_dataset picks the format by suffix and names the file in its errors.
+        named = Path(tmp) / (Path(filename).name or f"upload{suffix}")
         named.symlink_to(archive.resolve())
         try:
             loaded = load_dataset(named, extract_dir=Path(tmp) / "data")
