@@ -58,6 +58,11 @@ class ClipBase:
     identity: dict[str, Any]
 
     @property
+    def preprocess(self) -> dict[str, Any]:
+        """Image preprocessing parameters, as `build_transforms(**preprocess)` takes them."""
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    @property
     def context_length(self) -> int:
         return self.model.positional_embedding.shape[0]
 

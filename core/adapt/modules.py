@@ -191,7 +191,9 @@ class PHMLinear(nn.Module):
         n = rule.shape[0]
         if in_features % n or out_features % n:
             raise ValueError(f"PHM layer sizes {in_features}x{out_features} must be divisible by n={n}")
-        self.rule = rule  # the same Parameter object in every layer: counted and trained once
+        # Held in a tuple so that it is not registered here: the owner registers it once (one name in
+        # state dicts and artifacts, one copy in the optimizer).
+        self._shared = (rule,)
         self.s = nn.Parameter(torch.empty(n, in_features // n, 1))
         self.t = nn.Parameter(torch.empty(n, 1, out_features // n))
         self.bias = nn.Parameter(torch.zeros(out_features))
@@ -203,9 +205,10 @@ class PHMLinear(nn.Module):
 
     def weight(self) -> torch.Tensor:
         # kron(A_i [n,n], s_i t_i^T [in/n, out/n]) summed over i -> [in, out]
-        n = self.rule.shape[0]
+        rule = self._shared[0]
+        n = rule.shape[0]
         low_rank = self.s @ self.t  # [n, in/n, out/n]
-        w = torch.einsum("iab,icd->acbd", self.rule, low_rank)
+        w = torch.einsum("iab,icd->acbd", rule, low_rank)
         return w.reshape(n * low_rank.shape[1], n * low_rank.shape[2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

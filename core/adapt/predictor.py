@@ -18,7 +18,7 @@ def zero_shot_model(base: ClipBase, classnames: list[str], templates: list[str] 
     """A zero-shot classifier over `classnames` (default: the 80 OpenAI ImageNet templates).
 
     It shares the base model's weights: zero-shot changes nothing in them."""
-    preprocess = {"image_size": base.image_size, "mean": list(base.mean), "std": list(base.std)}
+    preprocess = base.preprocess
     stage = Stage("zero_shot", ZeroShotConfig(templates=templates), joint_layernorm=False, epochs=0)
     return prepare_stage(base.model, stage, classnames, base.tokenizer, preprocess).eval()
 
@@ -30,8 +30,7 @@ class Predictor:
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.batch_size = batch_size
-        preprocess = model.preprocess
-        _, self.transform = build_transforms(preprocess["image_size"], tuple(preprocess["mean"]), tuple(preprocess["std"]))
+        _, self.transform = build_transforms(**model.preprocess)
         with torch.no_grad():
             self.class_embeddings = model.class_embeddings()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -103,7 +104,7 @@ class _Splits:
     """The three splits as image datasets sharing one decoded-image cache."""
 
     def __init__(self, base: ClipBase, train: list[Sample], val: list[Sample], test: list[Sample]):
-        train_tf, eval_tf = build_transforms(base.image_size, base.mean, base.std)
+        train_tf, eval_tf = build_transforms(**base.preprocess)
         cache = ImageCache(base.image_size)
         self.train = ImageSamples(train, train_tf, cache)
         self.val = ImageSamples(val, eval_tf, cache)
@@ -111,12 +112,12 @@ class _Splits:
 
 
 @torch.no_grad()
-def encode_split(model: AdaptedModel, images: ImageSamples, device: torch.device, batch_size: int = 64):
-    """Image features and labels of a whole (eval-transformed) split."""
+def encode_split(encode: Callable[[torch.Tensor], torch.Tensor], images: ImageSamples, device: torch.device, batch_size: int = 64):
+    """Image features (by `encode`, e.g. `AdaptedModel.encode_images`) and labels of a whole split."""
     features, labels = [], []
     for batch, target in DataLoader(images, batch_size=batch_size):
         with _autocast(device):
-            features.append(model.encode_images(batch.to(device)).float())
+            features.append(encode(batch.to(device)).float())
         labels.append(target)
     return torch.cat(features), torch.cat(labels)
 
@@ -131,7 +132,7 @@ def evaluate(
 ) -> dict[str, Any]:
     if len(images) == 0:
         return {}
-    feats, labels = features if features is not None else encode_split(model, images, device)
+    feats, labels = features if features is not None else encode_split(model.encode_images, images, device)
     if class_embeddings is None:
         class_embeddings = model.class_embeddings()
     predictions = model.logits(feats, class_embeddings).argmax(dim=-1)
@@ -164,7 +165,7 @@ def _fit(
     if not model.text_side_trains():
         with torch.no_grad():
             fixed_classes = model.class_embeddings()
-    val_features = encode_split(model, splits.val, device) if image_frozen and len(splits.val) else None
+    val_features = encode_split(model.encode_images, splits.val, device) if image_frozen and len(splits.val) else None
 
     history, best_accuracy, best_state = [], -1.0, None
     for epoch in range(1, stage.epochs + 1):
@@ -222,7 +223,7 @@ def train(
     if not parts.train:
         raise ValueError("the dataset has no training images")
     splits = _Splits(base, parts.train, parts.val, parts.test)
-    preprocess = {"image_size": base.image_size, "mean": list(base.mean), "std": list(base.std)}
+    preprocess = base.preprocess
     clip = copy.deepcopy(base.model).to(device)
 
     decision = None

@@ -26,6 +26,7 @@ def build(clip, classnames, tokenizer, recipe: CompacterConfig):
 
     n = recipe.phm_n
     rule = nn.Parameter(torch.randn(n, n, n) / n)  # the A_i, shared by every compacter layer
+    clip.transformer.register_parameter("compacter_rule", rule)
     width = text_width(clip)
     inject_after_mlp(clip, lambda: Compacter(width, recipe.bottleneck, rule))
     return TemplateHead(tokenizer, classnames, recipe.templates or TRAIN_TEMPLATES)

@@ -1,0 +1,282 @@
+"""`clipadapt`: run the adaptation engine locally (no service needed).
+
+Long work shows a progress bar on stderr; `--json` prints one machine-readable JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(help="Adapt CLIP models to image classification (methods of 'How to adapt your "
+                  "large-scale vision-and-language model').", no_args_is_help=True, add_completion=False)
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="open_clip architecture, e.g. ViT-B-16, or hf-hub:org/repo.")]
+ModelConfigOpt = Annotated[Optional[Path], typer.Option("--model-config", help="open_clip model-config JSON file.")]
+PretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help="open_clip tag (e.g. openai) or a local weights file; omit for random weights.")]
+QuickGeluOpt = Annotated[Optional[bool], typer.Option("--quick-gelu/--no-quick-gelu", help="Override the automatic QuickGELU rule.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ...; default: cuda when available.")]
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def emit(data: Any, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+def model_spec(model: str | None, model_config: Path | None, pretrained: str | None, quick_gelu: bool | None):
+    from core.adapt.models import ModelSpec
+
+    if (model is None) == (model_config is None):
+        fail("give exactly one of --model NAME or --model-config PATH")
+    return ModelSpec(name=model or str(model_config), pretrained=pretrained, quick_gelu=quick_gelu)
+
+
+def load_base(spec):
+    from core.adapt.models import ModelLoadError, load_base_model
+
+    try:
+        return load_base_model(spec)
+    except ModelLoadError as exc:
+        fail(str(exc))
+
+
+def load_data(path: Path):
+    from core.adapt.data import DatasetError, load_dataset
+
+    try:
+        return load_dataset(path)
+    except (DatasetError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+def load_adapted(artifact: Path, model: str | None, model_config: Path | None, pretrained: str | None, quick_gelu: bool | None):
+    """An artifact on its recorded base model, or on the base given on the command line."""
+    from core.adapt.artifact import ArtifactError, load_artifact, read_manifest
+    from core.adapt.models import ModelSpec
+
+    try:
+        manifest = read_manifest(artifact)
+        if model or model_config:
+            spec = model_spec(model, model_config, pretrained, quick_gelu)
+        else:
+            spec = ModelSpec(**manifest["base_model"]["spec"])
+        return load_artifact(artifact, load_base(spec)), manifest
+    except ArtifactError as exc:
+        fail(str(exc))
+
+
+class ProgressBar:
+    """TrainCallbacks that draw one tqdm bar per stage."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def on_stage_start(self, stage: int, name: str, epochs: int) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self.bar = tqdm(total=epochs, desc=f"stage {stage + 1}: {name}", unit="epoch", file=sys.stderr, disable=self.quiet or None)
+
+    def on_epoch_end(self, report) -> None:
+        self.bar.set_postfix(loss=f"{report.train_loss:.3f}", val_acc=f"{report.val.get('accuracy', float('nan')):.3f}")
+        self.bar.update(1)
+
+    def on_message(self, message: str) -> None:
+        typer.echo(message, err=True)
+
+    def should_stop(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@app.command()
+def methods(
+    classes: Annotated[int, typer.Option("--classes", min=1, help="Number of classes.")] = 10,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every method and LayerNorm combination with its trainable-parameter count."""
+    from core.adapt.adapted import count_trainable
+    from core.adapt.methods import METHODS
+
+    base = load_base(model_spec(model, model_config, None, None))
+    preprocess = base.preprocess
+    rows = []
+    for name, method in METHODS.items():
+        for mode in ("none", "joint", "init") if method.config.supports_layernorm else ("none",):
+            recipe = method.config(layernorm=mode)
+            count = count_trainable(base.model, recipe, classes, base.tokenizer, preprocess)
+            rows.append({"method": name, "layernorm": mode, "trainable_params": count, "summary": method.summary})
+    width = max(len(r["method"]) for r in rows)
+    text = "\n".join(f"{r['method']:<{width}}  {r['layernorm']:<5}  {r['trainable_params']:>13,}  {r['summary']}" for r in rows)
+    emit(rows, as_json, text)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder, manifest or archive.")],
+    out: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")],
+    method: Annotated[str, typer.Option("--method", help="A method name, or 'auto'.")] = "layernorm",
+    layernorm: Annotated[str, typer.Option("--layernorm", help="none, joint or init.")] = "none",
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Training images per class; omit for all.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Default: 100 up to 16 shots, 50 above.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Default: the method's.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    pretrained: PretrainedOpt = None,
+    quick_gelu: QuickGeluOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a recipe locally and write the artifact."""
+    from pydantic import ValidationError
+
+    from core.adapt.artifact import save_artifact
+    from core.adapt.recipe import parse_recipe
+    from core.adapt.trainer import TrainingDiverged, train as run_training
+
+    fields = {"method": method, "shots": shots, "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size}
+    if layernorm != "none":
+        fields["layernorm"] = layernorm
+    try:
+        recipe = parse_recipe(fields)
+    except ValidationError as exc:
+        fail("invalid recipe: " + "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors()))
+    base = load_base(model_spec(model, model_config, pretrained, quick_gelu))
+    dataset = load_data(data)
+    progress = ProgressBar(quiet=as_json)
+    try:
+        result = run_training(base, dataset, recipe, callbacks=progress, device=device)
+    except (TrainingDiverged, ValueError) as exc:
+        fail(str(exc))
+    finally:
+        progress.close()
+    save_artifact(result, out)
+    summary = {
+        "artifact": str(out),
+        "recipe": result.recipe.model_dump(mode="json"),
+        "auto_decision": result.auto_decision,
+        "trainable_params": result.trainable_params,
+        "val": result.val_metrics,
+        "test": result.test_metrics,
+    }
+    test_acc = f", test accuracy {result.test_metrics['accuracy']:.4f}" if result.test_metrics else ""
+    emit(summary, as_json, f"wrote {out}: {result.trainable_params:,} trained parameters, "
+         f"val accuracy {result.val_metrics.get('accuracy', float('nan')):.4f}{test_acc}")
+
+
+@app.command()
+def evaluate(
+    artifact: Annotated[Path, typer.Option("--artifact", help="Artifact directory.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset: its test split if it has one, else every image.")],
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    pretrained: PretrainedOpt = None,
+    quick_gelu: QuickGeluOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy, macro-F1, per-class accuracy and confusion matrix of an artifact on a dataset."""
+    from core.adapt.data import ImageSamples, build_transforms
+    from core.adapt.trainer import evaluate as run_evaluation, resolve_device
+
+    adapted, _ = load_adapted(artifact, model, model_config, pretrained, quick_gelu)
+    dataset = load_data(data)
+    if dataset.classnames != adapted.classnames:
+        fail(f"the dataset's classes {dataset.classnames} differ from the artifact's {adapted.classnames}")
+    samples = [s for s in dataset.samples if s.split == "test"] or dataset.samples
+    _, eval_tf = build_transforms(**adapted.preprocess)
+    metrics = run_evaluation(adapted, ImageSamples(samples, eval_tf), resolve_device(next(adapted.parameters()).device))
+    emit(metrics, as_json, f"{metrics['count']} images: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    artifact: Annotated[Optional[Path], typer.Option("--artifact", help="Artifact directory (fine-tuned model).")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Zero-shot: comma-separated class names.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    pretrained: PretrainedOpt = None,
+    quick_gelu: QuickGeluOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-k labels with probabilities, from an artifact or zero-shot from a base model and class names."""
+    from core.adapt.data import DatasetError, open_image
+    from core.adapt.predictor import Predictor, zero_shot_model
+
+    if (artifact is None) == (classes is None):
+        fail("give either --artifact DIR or --classes a,b,c (with --model/--model-config)")
+    if artifact is not None:
+        adapted, _ = load_adapted(artifact, model, model_config, pretrained, quick_gelu)
+    else:
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+        if len(names) < 2:
+            fail("--classes needs at least two class names")
+        adapted = zero_shot_model(load_base(model_spec(model, model_config, pretrained, quick_gelu)), names)
+    try:
+        opened = [open_image(path) for path in images]
+    except (DatasetError, FileNotFoundError) as exc:
+        fail(str(exc))
+    results = Predictor(adapted).predict(opened, top_k=top_k)
+    rows = [{"image": str(path), "predictions": preds} for path, preds in zip(images, results)]
+    text = "\n".join(f"{r['image']}: " + ", ".join(f"{p['label']} {p['probability']:.3f}" for p in r["predictions"]) for r in rows)
+    emit(rows, as_json, text)
+
+
+@app.command()
+def fewshot(
+    data: Annotated[Path, typer.Option("--data", help="Dataset of (novel) classes to sample episodes from.")],
+    artifact: Annotated[Optional[Path], typer.Option("--artifact", help="Use this adapted model's image encoder.")] = None,
+    ways: Annotated[int, typer.Option("--ways", min=2)] = 5,
+    shots: Annotated[int, typer.Option("--shots", min=1)] = 1,
+    queries: Annotated[int, typer.Option("--queries", min=1)] = 15,
+    episodes: Annotated[int, typer.Option("--episodes", min=1)] = 600,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    pretrained: PretrainedOpt = None,
+    quick_gelu: QuickGeluOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """N-way K-shot episodes (section 4.5): prototypes from support embeddings, cosine classification."""
+    from core.adapt.data import ImageSamples, build_transforms
+    from core.adapt.fewshot import fewshot_episodes
+    from core.adapt.modules import encode_images
+    from core.adapt.trainer import encode_split
+
+    if artifact is not None:
+        adapted, _ = load_adapted(artifact, model, model_config, pretrained, quick_gelu)
+        encode, preprocess, device = adapted.encode_images, adapted.preprocess, next(adapted.parameters()).device
+    else:
+        base = load_base(model_spec(model, model_config, pretrained, quick_gelu))
+        encode = lambda images: encode_images(base.model, images, projected=True)  # noqa: E731
+        preprocess, device = base.preprocess, next(base.model.parameters()).device
+    dataset = load_data(data)
+    _, eval_tf = build_transforms(**preprocess)
+    embeddings, labels = encode_split(encode, ImageSamples(dataset.samples, eval_tf), device)
+    try:
+        result = fewshot_episodes(embeddings, labels, n_way=ways, k_shot=shots, queries=queries, episodes=episodes, seed=seed)
+    except ValueError as exc:
+        fail(str(exc))
+    emit(result, as_json, f"{ways}-way {shots}-shot over {result['episodes']} episodes: "
+         f"accuracy {result['accuracy']:.4f} ± {result['ci95']:.4f} (95% CI)")
+
+
+if __name__ == "__main__":
+    app()
