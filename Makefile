@@ -17,3 +17,12 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The API with the embedded defaults: SQLite, storage and caches under ./data, jobs trained in a
+# child process (no Redis, no Postgres). Other catalog models download weights on first use.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: export HF_HUB_OFFLINE := 0
+serve: $(STAMP)
+	$(VENV)/bin/alembic upgrade head
+	$(VENV)/bin/uvicorn api.main:app --host $(HOST) --port $(PORT)
