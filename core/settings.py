@@ -51,7 +51,10 @@ class Settings(BaseSettings):
         "auto", description="Torch device for training and prediction: auto, cpu, cuda, cuda:1..."
     )
     torch_threads: int = Field(
-        0, ge=0, description="Torch CPU threads per process; 0 = torch's default."
+        0,
+        ge=0,
+        description="Torch CPU threads per process; 0 = torch's default (the embedded runner's "
+        "training process then leaves one core to the API).",
     )
     embedded_workers: int = Field(
         1, ge=1, description="Jobs the embedded runner trains at the same time."
@@ -62,7 +65,7 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         4, ge=1, description="Loaded models (base and fine-tuned) kept in memory for /predict."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     @field_validator("database_url")
     @classmethod

@@ -103,6 +103,8 @@ class EmbeddedRunner:
         if self._closed:
             return
         env = os.environ | self.settings.to_env()
+        if not self.settings.torch_threads:  # leave a core to the API so it stays responsive
+            env["CLIPADAPT_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 2) - 1))
         cmd = [sys.executable, "-m", "core.jobs", job_id]
         with self._lock:
             child = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT)

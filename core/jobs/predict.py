@@ -70,7 +70,12 @@ class PredictionService:
         return self._device
 
     def base_model(self, spec: dict[str, Any]) -> Any:
+        import torch
+
         from core.adapt.models import ModelSpec, load_base_model
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
 
         key = json.dumps(spec, sort_keys=True)
         return self.bases.get(key, lambda: load_base_model(ModelSpec(**spec), device=self.device))

@@ -1,0 +1,56 @@
+"""docker-compose.yml, .env.example and docs/service.md agree with the Settings class."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from core.settings import Settings
+from tests.conftest import REPO
+
+SETTING_VARS = {f"CLIPADAPT_{name.upper()}" for name in Settings.model_fields}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())  # resolves anchors and merges
+
+
+def test_compose_has_the_deployment_services(compose: dict) -> None:
+    services = compose["services"]
+    assert {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"} <= set(services)
+    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    for name in ("api", "worker"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["minio-init"]["condition"] == "service_completed_successfully"
+    worker = services["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert worker["command"][worker["command"].index("-Q") + 1] == worker["environment"]["CLIPADAPT_JOB_QUEUE"] == "gpu"
+    assert worker["environment"]["CLIPADAPT_BROKER_URL"].startswith("redis://redis:")
+    assert worker["environment"]["CLIPADAPT_STORAGE_URL"].startswith("s3://")
+
+
+def test_every_clipadapt_variable_in_compose_is_a_setting(compose: dict) -> None:
+    seen = set()
+    for name, service in compose["services"].items():
+        environment = service.get("environment") or {}
+        assert isinstance(environment, dict), f"{name}: use a mapping for environment"
+        used = {k for k in environment if k.startswith("CLIPADAPT_")}
+        assert used <= SETTING_VARS, f"{name} sets unknown settings: {sorted(used - SETTING_VARS)}"
+        seen |= used
+    # The services that talk to each other are configured, not left on embedded defaults.
+    for required in ("CLIPADAPT_DATABASE_URL", "CLIPADAPT_BROKER_URL", "CLIPADAPT_STORAGE_URL", "CLIPADAPT_S3_ENDPOINT_URL"):
+        assert required in seen
+        for name in ("migrate", "api", "worker"):
+            assert required in compose["services"][name]["environment"], f"{name} lacks {required}"
+
+
+def test_env_example_and_docs_list_exactly_the_settings() -> None:
+    env_vars = set(re.findall(r"^#?\s*(CLIPADAPT_[A-Z0-9_]+)=", (REPO / ".env.example").read_text(), re.M))
+    assert env_vars == SETTING_VARS
+    docs = (REPO / "docs" / "service.md").read_text()
+    assert set(re.findall(r"`(CLIPADAPT_[A-Z0-9_]+)`", docs)) >= SETTING_VARS
