@@ -94,6 +94,18 @@ def _config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
+def _hf_hub_config(name: str) -> dict:
+    """The model config of an 'hf-hub:' model (from the local Hugging Face cache when offline)."""
+    from huggingface_hub import hf_hub_download
+    from open_clip.constants import HF_CONFIG_NAME
+
+    try:
+        with open(hf_hub_download(name.removeprefix("hf-hub:"), HF_CONFIG_NAME)) as f:
+            return json.load(f)["model_cfg"]
+    except Exception as exc:  # network, cache miss, malformed config: all mean "cannot load"
+        raise ModelLoadError(f"cannot fetch the open_clip config of {name}: {exc}") from exc
+
+
 def resolve_quick_gelu(spec: ModelSpec, architecture: str) -> bool:
     """OpenAI's CLIP weights were trained with QuickGELU; without it they load silently and give wrong
     outputs. Automatic rule: the 'openai' tag (or any tag open_clip marks quick_gelu), or a local
@@ -122,9 +134,8 @@ def weights_fingerprint(model: nn.Module) -> str:
 def load_base_model(spec: ModelSpec, device: str | torch.device = "cpu") -> ClipBase:
     """Build the model, load its weights, freeze it. Raises ModelLoadError with a readable reason."""
     name = spec.name
-    config: dict | None
     if name.startswith("hf-hub:"):
-        architecture, config, pretrained = name, None, None
+        architecture, config, pretrained = name, _hf_hub_config(name), None
     elif name.endswith(".json"):
         path = Path(name)
         if not path.is_file():
@@ -153,8 +164,6 @@ def load_base_model(spec: ModelSpec, device: str | torch.device = "cpu") -> Clip
 
     preprocess = model.visual.preprocess_cfg
     image_size = preprocess["size"] if isinstance(preprocess["size"], int) else preprocess["size"][0]
-    if config is None:  # hf-hub: the config came with the download
-        config = {"hf_hub": name}
     identity = {
         "architecture": architecture,
         "config_sha256": _config_digest(config),

@@ -125,3 +125,25 @@ def test_base_model_is_not_modified_by_training(tiny_base, digits):
     train(tiny_base, digits, parse_recipe({"method": "full", "shots": 2, "epochs": 1}))
     assert all(torch.equal(before[k], v) for k, v in tiny_base.model.state_dict().items())
     assert not any(p.requires_grad for p in tiny_base.model.parameters())
+
+
+def test_hf_hub_model_from_the_local_cache(tiny_base, tmp_path, monkeypatch):
+    """'hf-hub:' ids resolve through the Hugging Face cache, so an offline deployment can pre-seed it."""
+    import huggingface_hub.constants
+
+    commit = "0" * 40
+    repo = tmp_path / "models--local--tiny-clip"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": json.loads(TINY_CONFIG.read_text())}))
+    save_file({k: v.contiguous() for k, v in tiny_base.model.state_dict().items()}, snapshot / "open_clip_model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    hub = load_base_model(ModelSpec(name="hf-hub:local/tiny-clip"))
+    assert hub.identity["weights_fingerprint"] == tiny_base.identity["weights_fingerprint"]
+    assert hub.identity["config_sha256"] == tiny_base.identity["config_sha256"]
+    with pytest.raises(ModelLoadError, match="hf-hub:local/absent"):
+        load_base_model(ModelSpec(name="hf-hub:local/absent"))
