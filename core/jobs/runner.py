@@ -18,7 +18,7 @@ from typing import Any
 
 from core.jobs.db import transaction
 from core.jobs.files import artifact_key, local_dataset, pack_artifact
-from core.jobs.models import Job, JobMetric, JobState
+from core.jobs.models import JobMetric, JobState
 from core.jobs.repository import JobRepository
 from core.jobs.storage import StorageError, get_storage
 from core.settings import Settings, get_settings
@@ -81,7 +81,9 @@ class JobCallbacks:
 
     def on_message(self, message: str) -> None:
         with transaction(self.db_url) as session:
-            JobRepository(session).add_event(self.job_id, message)
+            repo = JobRepository(session)
+            repo.add_event(self.job_id, message)
+            repo.heartbeat(self.job_id)  # messages mark slow steps (downloads, auto's probe)
 
     def should_stop(self) -> bool:
         if self.interrupt.is_set() or self.cancel_requested:
