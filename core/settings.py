@@ -1,7 +1,7 @@
 """Deployment settings: one class, read from ``CLIPADAPT_*`` environment variables.
 
 Only deployment concerns live here (where data goes, which services to talk to, limits). Training
-hyperparameters belong to a job's recipe. Every field is listed in docs/service.md.
+hyperparameters belong to a job's recipe. Every field is listed in README.md.
 """
 
 from __future__ import annotations

@@ -382,7 +382,8 @@ def _extract_zip(archive: Path, dest: Path) -> None:
             for info in zf.infolist():
                 _check_member_name(archive, info.filename)
                 mode = info.external_attr >> 16  # Unix mode, if the archiver recorded one
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                # Zips written without a file type (zipfile.writestr) carry permission bits only.
+                if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                     raise DatasetError(
                         f"{archive.name}: refusing member {info.filename!r} (link or special file)"
                     )

@@ -155,10 +155,9 @@ def _fit(
     optimizer = torch.optim.AdamW(
         trainable.values(), lr=recipe.resolved_lr(), weight_decay=recipe.weight_decay, fused=device.type == "cuda"
     )
-    loader = DataLoader(
-        splits.train, batch_size=min(recipe.batch_size, len(splits.train)), shuffle=True, generator=generator
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.epochs * len(loader))
+    size = len(splits.train)
+    batch_size = min(recipe.batch_size, size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.epochs * math.ceil(size / batch_size))
 
     image_frozen = not model.image_tower_trains()
     fixed_classes = None
@@ -166,17 +165,31 @@ def _fit(
         with torch.no_grad():
             fixed_classes = model.class_embeddings()
     val_features = encode_split(model.encode_images, splits.val, device) if image_frozen and len(splits.val) else None
+    # With the image tower frozen, each augmented view of the training set is encoded once and epochs
+    # cycle through the views (as Tip-Adapter does) instead of running the image encoder every step.
+    views = None
+    if image_frozen and recipe.feature_views:
+        views = [encode_split(model.encode_images, splits.train, device) for _ in range(min(recipe.feature_views, stage.epochs))]
 
     history, best_accuracy, best_state = [], -1.0, None
     for epoch in range(1, stage.epochs + 1):
+        batches = torch.randperm(size, generator=generator).split(batch_size)
+        if views is not None:
+            features_of_view, labels_of_view = views[(epoch - 1) % len(views)]
+            source = ((features_of_view[i], labels_of_view[i]) for i in batches)
+        else:
+            source = DataLoader(splits.train, batch_sampler=[b.tolist() for b in batches])
         total_loss, seen = 0.0, 0
-        for images, labels in loader:
+        for inputs, labels in source:
             if callbacks.should_stop():
                 raise TrainingCancelled()
-            images, labels = images.to(device), labels.to(device)
+            inputs, labels = inputs.to(device), labels.to(device)
             with _autocast(device):
-                with torch.set_grad_enabled(not image_frozen):
-                    features = model.encode_images(images)
+                if views is not None:
+                    features = inputs
+                else:
+                    with torch.set_grad_enabled(not image_frozen):
+                        features = model.encode_images(inputs)
                 classes = fixed_classes if fixed_classes is not None else model.class_embeddings()
                 loss = F.cross_entropy(model.logits(features, classes).float(), labels)
             if not torch.isfinite(loss):

@@ -1,4 +1,4 @@
-"""docker-compose.yml, .env.example and docs/service.md agree with the Settings class."""
+"""docker-compose.yml, .env.example and README.md agree with the Settings class."""
 
 from __future__ import annotations
 
@@ -52,5 +52,5 @@ def test_every_clipadapt_variable_in_compose_is_a_setting(compose: dict) -> None
 def test_env_example_and_docs_list_exactly_the_settings() -> None:
     env_vars = set(re.findall(r"^#?\s*(CLIPADAPT_[A-Z0-9_]+)=", (REPO / ".env.example").read_text(), re.M))
     assert env_vars == SETTING_VARS
-    docs = (REPO / "docs" / "service.md").read_text()
+    docs = (REPO / "README.md").read_text()
     assert set(re.findall(r"`(CLIPADAPT_[A-Z0-9_]+)`", docs)) >= SETTING_VARS

@@ -1,4 +1,4 @@
-"""The quick start in docs/service.md works as written, against the embedded default."""
+"""The quick start in README.md works as written, against the embedded default."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.e2e.conftest import Processes
 
 
 def _client_block() -> str:
-    docs = (REPO / "docs" / "service.md").read_text()
+    docs = (REPO / "README.md").read_text()
     section = docs[docs.index("### Quick start"):docs.index("### API")]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     (block,) = [b for b in blocks if "make_example_dataset" in b]

@@ -50,6 +50,13 @@ class RecipeBase(BaseModel):
         description="Validation images per class when the dataset has no val split; null: shots up to 16 "
         "shots, shots/10 above (appendix A.3).",
     )
+    feature_views: int | None = Field(
+        4,
+        ge=1,
+        le=100,
+        description="While the image encoder is frozen, encode this many augmented views of the training set "
+        "once and cycle through them across epochs; null runs the image encoder on every step.",
+    )
     templates: list[str] | None = Field(
         None,
         min_length=1,

@@ -283,6 +283,15 @@ def test_zip_traversal_refused(tmp_path, name):
     _assert_nothing_written(tmp_path, extract_dir)
 
 
+def test_zip_members_without_file_type_bits_are_files(tmp_path):
+    """zipfile.writestr(name, data) stores permission bits only; such members are plain files."""
+    archive = tmp_path / "plain.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for label in ("a", "b"):
+            zf.writestr(f"{label}/1.png", png_bytes())
+    assert load_dataset(archive, tmp_path / "out").class_ids == ["a", "b"]
+
+
 def test_zip_symlink_refused(tmp_path):
     archive = tmp_path / "link.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -119,3 +119,24 @@ def test_training_beats_chance_and_round_trips(tiny_base, digits, tmp_path, name
     loaded = load_artifact(out, tiny_base)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images()), result.adapted(images()), rtol=0, atol=1e-5)
+
+
+FROZEN_IMAGE_METHODS = ["linear_probe", "prompt_tuning", "adapter", "compacter"]
+
+
+@pytest.mark.parametrize("name", FROZEN_IMAGE_METHODS)
+def test_cached_image_features_train_like_the_uncached_path(tiny_base, digits, monkeypatch, name):
+    """With deterministic transforms both paths see identical features in identical batches, so the
+    cache changes speed, not results."""
+    from core.adapt import trainer
+
+    eval_only = trainer.build_transforms(**tiny_base.preprocess)[1]
+    monkeypatch.setattr(trainer, "build_transforms", lambda **_: (eval_only, eval_only))
+    results = [
+        train(tiny_base, digits, parse_recipe({"method": name, "shots": 4, "epochs": 3, "lr": 5e-3, "feature_views": views}))
+        for views in (None, 2)
+    ]
+    uncached, cached = (dict(r.adapted.named_parameters()) for r in results)
+    for param_name in results[0].trained_names:
+        torch.testing.assert_close(cached[param_name], uncached[param_name], atol=1e-4, rtol=1e-4)
+    assert [h["train_loss"] for h in results[0].history] == pytest.approx([h["train_loss"] for h in results[1].history], rel=1e-4)
