@@ -96,6 +96,9 @@ class ProgressBar:
     def should_stop(self) -> bool:
         return False
 
+    def on_checkpoint(self, make) -> None:
+        pass  # a local run is simply started again
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -26,7 +27,7 @@ from core.adapt.methods import RecipeBase
 from core.adapt.methods.zero_shot import ZeroShotConfig
 from core.adapt.metrics import classification_metrics
 from core.adapt.models import ClipBase
-from core.adapt.recipe import AutoConfig
+from core.adapt.recipe import AutoConfig, parse_recipe
 
 
 class TrainingCancelled(Exception):
@@ -48,11 +49,41 @@ class EpochReport:
     best: bool
 
 
+@dataclass
+class Checkpoint:
+    """What it takes to continue a run after its last completed epoch, in another process or machine:
+    the resolved recipe (so 'auto' is not decided twice), where the run is, the trained tensors, the
+    optimizer and schedule, the best epoch so far and the random state."""
+
+    recipe: dict[str, Any]
+    auto_decision: dict[str, Any] | None
+    stage: int
+    epoch: int  # epochs completed in `stage`
+    tensors: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    best_accuracy: float
+    best_tensors: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    generator_state: torch.Tensor
+    torch_rng_state: torch.Tensor
+
+    def save(self, path: str | Path) -> None:
+        torch.save(vars(self), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
 class TrainCallbacks(Protocol):
     def on_stage_start(self, stage: int, name: str, epochs: int) -> None: ...
     def on_epoch_end(self, report: EpochReport) -> None: ...
     def on_message(self, message: str) -> None: ...
     def should_stop(self) -> bool: ...
+    # Called after every epoch; `make()` builds the checkpoint (costly for big models), so
+    # callbacks that keep none, or keep one only every few minutes, pay nothing otherwise.
+    def on_checkpoint(self, make: Callable[[], Checkpoint]) -> None: ...
 
 
 class NoCallbacks:
@@ -67,6 +98,19 @@ class NoCallbacks:
 
     def should_stop(self) -> bool:
         return False
+
+    def on_checkpoint(self, make: Callable[[], Checkpoint]) -> None:
+        pass
+
+
+@dataclass
+class _Run:
+    """State of a run shared by its stages."""
+
+    recipe: RecipeBase
+    auto_decision: dict[str, Any] | None
+    trained: set[str] = field(default_factory=set)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -147,17 +191,26 @@ def _fit(
     callbacks: TrainCallbacks,
     device: torch.device,
     generator: torch.Generator,
-) -> list[dict[str, Any]]:
+    run: _Run,
+    resume: Checkpoint | None = None,
+) -> None:
     recipe = stage.recipe
     trainable = model.trainable_parameters()
     if not trainable or stage.epochs == 0:
-        return []
+        return
     optimizer = torch.optim.AdamW(
         trainable.values(), lr=recipe.resolved_lr(), weight_decay=recipe.weight_decay, fused=device.type == "cuda"
     )
     size = len(splits.train)
     batch_size = min(recipe.batch_size, size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.epochs * math.ceil(size / batch_size))
+    best_accuracy, best_state, start_epoch = -1.0, None, 1
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        best_accuracy, best_state, start_epoch = resume.best_accuracy, resume.best_tensors, resume.epoch + 1
+        generator.set_state(resume.generator_state)
+        torch.set_rng_state(resume.torch_rng_state)
 
     image_frozen = not model.image_tower_trains()
     fixed_classes = None
@@ -168,11 +221,10 @@ def _fit(
     # With the image tower frozen, each augmented view of the training set is encoded once and epochs
     # cycle through the views (as Tip-Adapter does) instead of running the image encoder every step.
     views = None
-    if image_frozen and recipe.feature_views:
+    if image_frozen and recipe.feature_views and start_epoch <= stage.epochs:
         views = [encode_split(model.encode_images, splits.train, device) for _ in range(min(recipe.feature_views, stage.epochs))]
 
-    history, best_accuracy, best_state = [], -1.0, None
-    for epoch in range(1, stage.epochs + 1):
+    for epoch in range(start_epoch, stage.epochs + 1):
         batches = torch.randperm(size, generator=generator).split(batch_size)
         if views is not None:
             features_of_view, labels_of_view = views[(epoch - 1) % len(views)]
@@ -209,14 +261,39 @@ def _fit(
             best_accuracy = accuracy
             best_state = {name: p.detach().clone() for name, p in trainable.items()}
         report = EpochReport(stage_index, stage.name, epoch, stage.epochs, total_loss / max(seen, 1), val, is_best)
-        history.append({"stage": stage_index, "stage_name": stage.name, "epoch": epoch, "epochs": stage.epochs,
-                        "train_loss": report.train_loss, "val": val, "best": is_best})
+        run.history.append({"stage": stage_index, "stage_name": stage.name, "epoch": epoch, "epochs": stage.epochs,
+                            "train_loss": report.train_loss, "val": val, "best": is_best})
         callbacks.on_epoch_end(report)
+
+        def make_checkpoint(epoch: int = epoch) -> Checkpoint:
+            params = dict(model.named_parameters())
+            return Checkpoint(
+                recipe=run.recipe.model_dump(mode="json"),
+                auto_decision=run.auto_decision,
+                stage=stage_index,
+                epoch=epoch,
+                tensors={name: params[name].detach().cpu().clone() for name in run.trained},
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                best_accuracy=best_accuracy,
+                best_tensors={name: t.detach().cpu().clone() for name, t in best_state.items()},
+                history=copy.deepcopy(run.history),
+                generator_state=generator.get_state(),
+                torch_rng_state=torch.get_rng_state(),
+            )
+
+        callbacks.on_checkpoint(make_checkpoint)
 
     with torch.no_grad():
         for name, p in trainable.items():
             p.copy_(best_state[name])
-    return history
+
+
+def _restore(model: AdaptedModel, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
 
 
 def train(
@@ -225,8 +302,12 @@ def train(
     recipe: RecipeBase,
     callbacks: TrainCallbacks | None = None,
     device: str | torch.device | None = None,
+    resume: Checkpoint | None = None,
 ) -> TrainResult:
-    """Run a recipe on a dataset; returns the adapted model with its metrics. The base is not modified."""
+    """Run a recipe on a dataset; returns the adapted model with its metrics. The base is not modified.
+
+    With `resume` (a checkpoint of an earlier run of the same recipe on the same data and base), training
+    continues after the checkpoint's epoch."""
     callbacks = callbacks or NoCallbacks()
     device = resolve_device(device)
     torch.manual_seed(recipe.seed)
@@ -240,7 +321,10 @@ def train(
     clip = copy.deepcopy(base.model).to(device)
 
     decision = None
-    if isinstance(recipe, AutoConfig):
+    if resume is not None:
+        recipe, decision = parse_recipe(resume.recipe), resume.auto_decision
+        callbacks.on_message(f"resuming stage {resume.stage} after epoch {resume.epoch}")
+    elif isinstance(recipe, AutoConfig):
         probe = ZeroShotConfig(templates=recipe.templates)
         zero_shot = prepare_stage(clip, Stage("zero_shot", probe, False, 0), dataset.classnames, base.tokenizer, preprocess)
         zero_shot_accuracy = evaluate(zero_shot, splits.val if len(splits.val) else splits.train, device)["accuracy"]
@@ -249,13 +333,18 @@ def train(
         callbacks.on_message(f"auto picked {decision['picked']}: {decision['reason']}")
 
     stages = plan_stages(recipe)
-    history: list[dict[str, Any]] = []
-    trained: set[str] = set()
+    run = _Run(recipe, decision, history=list(resume.history) if resume else [])
     for index, stage in enumerate(stages):
         model = prepare_stage(clip, stage, dataset.classnames, base.tokenizer, preprocess)
-        trained |= set(model.trainable_parameters())
+        run.trained |= set(model.trainable_parameters())
+        if resume is not None and index < resume.stage:
+            continue  # finished before the checkpoint; its tensors are restored below
+        stage_resume = None
+        if resume is not None and index == resume.stage:
+            _restore(model, resume.tensors)
+            stage_resume = resume
         callbacks.on_stage_start(index, stage.name, stage.epochs)
-        history += _fit(model, index, stage, splits, callbacks, device, generator)
+        _fit(model, index, stage, splits, callbacks, device, generator, run, stage_resume)
 
     model.requires_grad_(False)
     return TrainResult(
@@ -264,8 +353,8 @@ def train(
         stages=stages,
         base=base,
         class_ids=list(dataset.class_ids),
-        trained_names=trained,
-        history=history,
+        trained_names=run.trained,
+        history=run.history,
         val_metrics=evaluate(model, splits.val, device),
         test_metrics=evaluate(model, splits.test, device) or None,
         auto_decision=decision,

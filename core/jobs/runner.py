@@ -85,6 +85,9 @@ class JobCallbacks:
             repo.add_event(self.job_id, message)
             repo.heartbeat(self.job_id)  # messages mark slow steps (downloads, auto's probe)
 
+    def on_checkpoint(self, make: Any) -> None:
+        pass
+
     def should_stop(self) -> bool:
         if self.interrupt.is_set() or self.cancel_requested:
             return True
