@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.adapt import fast
+
 # ---------------------------------------------------------------------------------------------------
 # Text encoding
 
@@ -22,14 +24,21 @@ def text_width(clip: nn.Module) -> int:
     return clip.token_embedding.weight.shape[1]
 
 
-def encode_text_embeddings(clip: nn.Module, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-    """Run CLIP's text transformer on token embeddings [N, L, W]; returns projected features [N, D]."""
+def encode_text_embeddings(clip: nn.Module, embeddings: torch.Tensor, eot_index: torch.Tensor, prefix_length: int = 0) -> torch.Tensor:
+    """Run CLIP's text transformer on token embeddings [N, L, W]; returns projected features [N, D].
+
+    `prefix_length`: how many leading positions are identical in every row (computed once then)."""
     length = embeddings.shape[1]
     x = embeddings + clip.positional_embedding[:length].to(embeddings.dtype)
-    attn_mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
-    x = clip.transformer(x, attn_mask=attn_mask)
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+    causal = clip.attn_mask is not None
+    if fast.supported(clip.transformer.resblocks) and causal and prefix_length > 0 and len(x) > 1:
+        x = clip.ln_final(fast.text_forward_shared_prefix(clip.transformer.resblocks, x, prefix_length, eot_index))
+    elif fast.supported(clip.transformer.resblocks):
+        x = clip.ln_final(fast.transformer_forward(clip.transformer.resblocks, x, causal, eot_index))
+    else:
+        attn_mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        x = clip.ln_final(clip.transformer(x, attn_mask=attn_mask))
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
     projection = clip.text_projection
     if projection is None:
         return x
@@ -65,6 +74,8 @@ def check_supported(clip: nn.Module) -> None:
 def encode_images(clip: nn.Module, images: torch.Tensor, projected: bool) -> torch.Tensor:
     """Image features: CLIP-space embeddings, or the pooled features before the projection."""
     visual = clip.visual
+    if fast.vision_supported(visual):
+        return fast.encode_image(visual, images, projected)
     if projected:
         return visual(images)
     # open_clip's VisionTransformer.forward minus the final projection (linear probe, section 3.2).
@@ -102,26 +113,35 @@ class Head(nn.Module):
         return clip.logit_scale.exp() * features @ class_embeddings.to(features.dtype).T
 
 
+def shared_prefix_length(tokens: torch.Tensor, eot_index: torch.Tensor) -> int:
+    """Leading positions where every row has the same token, stopping before any end-of-text."""
+    same = (tokens == tokens[:1]).all(dim=0).long()
+    return min(int(same.cumprod(0).sum()), int(eot_index.min()))
+
+
 class TemplateHead(Head):
     """Class embeddings from prompt templates, ensembled per Radford et al.: per-template normalize,
-    average over templates, renormalize."""
+    average over templates, renormalize. Prompts are encoded one template at a time, so each group
+    shares its template's leading words."""
 
     def __init__(self, tokenizer, classnames: list[str], templates: list[str]):
         super().__init__()
         self.num_classes = len(classnames)
         self.num_templates = len(templates)
-        texts = [template.format(name) for name in classnames for template in templates]
-        tokens, eot_index = trim_tokens(tokenizer(texts))
-        self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("eot_index", eot_index, persistent=False)
+        groups = [trim_tokens(tokenizer([template.format(name) for name in classnames])) for template in templates]
+        self.lengths = [tokens.shape[1] for tokens, _ in groups]
+        self.prefix_lengths = [shared_prefix_length(tokens, eot) for tokens, eot in groups]
+        longest = max(self.lengths)
+        padded = [F.pad(tokens, (0, longest - tokens.shape[1])) for tokens, _ in groups]
+        self.register_buffer("tokens", torch.stack(padded), persistent=False)  # [templates, classes, L]
+        self.register_buffer("eot_index", torch.stack([eot for _, eot in groups]), persistent=False)
 
-    def class_embeddings(self, clip: nn.Module, chunk_size: int = 1024) -> torch.Tensor:
-        embedded = [
-            encode_text_embeddings(clip, clip.token_embedding(self.tokens[i : i + chunk_size]), self.eot_index[i : i + chunk_size])
-            for i in range(0, len(self.tokens), chunk_size)
-        ]
-        per_template = F.normalize(torch.cat(embedded), dim=-1).view(self.num_classes, self.num_templates, -1)
-        return F.normalize(per_template.mean(dim=1), dim=-1)
+    def class_embeddings(self, clip: nn.Module) -> torch.Tensor:
+        per_template = torch.stack([
+            encode_text_embeddings(clip, clip.token_embedding(self.tokens[t, :, :length]), self.eot_index[t], prefix)
+            for t, (length, prefix) in enumerate(zip(self.lengths, self.prefix_lengths))
+        ])  # [templates, classes, D]
+        return F.normalize(F.normalize(per_template, dim=-1).mean(dim=0), dim=-1)
 
 
 class PromptHead(Head):
@@ -142,7 +162,8 @@ class PromptHead(Head):
         names = clip.token_embedding(self.tokens)
         ctx = self.ctx.to(names.dtype).expand(names.shape[0], -1, -1)
         embeddings = torch.cat([names[:, :1], ctx, names[:, 1:]], dim=1)
-        return F.normalize(encode_text_embeddings(clip, embeddings, self.eot_index), dim=-1)
+        # [SOT] + context is the same for every class.
+        return F.normalize(encode_text_embeddings(clip, embeddings, self.eot_index, prefix_length=1 + len(self.ctx)), dim=-1)
 
 
 class LinearHead(Head):
