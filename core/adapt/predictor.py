@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -48,10 +52,71 @@ class Predictor:
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.classnames))
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict[str, Any]]]:
-        probabilities = self.probabilities(images)
+        return self.rank(self.probabilities(images), top_k)
+
+    def rank(self, probabilities: torch.Tensor, top_k: int) -> list[list[dict[str, Any]]]:
         k = max(1, min(top_k, len(self.classnames)))
         top = probabilities.topk(k, dim=-1)
         return [
             [{"label": self.classnames[i], "probability": float(p)} for p, i in zip(values.tolist(), indices.tolist())]
             for values, indices in zip(top.values, top.indices)
         ]
+
+
+class BatchingPredictor:
+    """Serves concurrent `predict` calls with shared forward passes: a background thread takes requests
+    until `max_batch` images are waiting or the first has waited `max_wait_ms`, then runs them together.
+
+    Worth it on a GPU, where one image leaves most of the device idle; on a CPU one image at a time was
+    measured as fast as sixteen together, so the service uses the plain Predictor there."""
+
+    def __init__(self, predictor: Predictor, max_batch: int = 32, max_wait_ms: float = 5.0):
+        self.predictor = predictor
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._requests: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="batching-predictor", daemon=True)
+        self._thread.start()
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.predictor.classnames
+
+    def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict[str, Any]]]:
+        done: Future = Future()
+        self._requests.put((list(images), top_k, done))
+        return done.result()
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (first := self._requests.get()) is not None:
+            batch, waiting, stop = [first], len(first[0]), False
+            deadline = time.monotonic() + self.max_wait
+            while waiting < self.max_batch and (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    request = self._requests.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if request is None:
+                    stop = True
+                    break
+                batch.append(request)
+                waiting += len(request[0])
+            self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list) -> None:
+        try:
+            probabilities = self.predictor.probabilities([image for images, _, _ in batch for image in images])
+        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error
+            for _, _, done in batch:
+                done.set_exception(exc)
+            return
+        start = 0
+        for images, top_k, done in batch:
+            done.set_result(self.predictor.rank(probabilities[start : start + len(images)], top_k))
+            start += len(images)

@@ -67,3 +67,39 @@ def test_auto_measures_and_records_its_choice(tiny_base, digits):
     expected = "layernorm" if decision["zero_shot_val_accuracy"] >= 0.55 else "compacter"
     assert result.recipe.method == expected
     assert decision["recipe"] == result.recipe.model_dump(mode="json")
+
+
+def test_batching_predictor_gathers_concurrent_requests(tiny_base, digits):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.adapt.predictor import BatchingPredictor
+
+    predictor = Predictor(zero_shot_model(tiny_base, digits.classnames))
+    batch_sizes = []
+    original = predictor.probabilities
+    predictor.probabilities = lambda images: (batch_sizes.append(len(images)), original(images))[1]
+    batching = BatchingPredictor(predictor, max_batch=8, max_wait_ms=200)
+    images = [open_image(s.path) for s in digits.samples[:12]]
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(lambda image: batching.predict([image], top_k=2), images))
+    finally:
+        batching.close()
+    alone = [Predictor(zero_shot_model(tiny_base, digits.classnames)).predict([image], top_k=2) for image in images]
+    for together, single in zip(results, alone):
+        assert [p["label"] for p in together[0]] == [p["label"] for p in single[0]]
+        assert [p["probability"] for p in together[0]] == pytest.approx([p["probability"] for p in single[0]], abs=1e-5)
+    assert sum(batch_sizes) == 12 and max(batch_sizes) <= 8 and len(batch_sizes) < 12
+
+
+def test_batching_predictor_passes_errors_to_every_caller(tiny_base):
+    from core.adapt.predictor import BatchingPredictor
+
+    predictor = Predictor(zero_shot_model(tiny_base, ["a", "b"]))
+    predictor.probabilities = lambda images: (_ for _ in ()).throw(RuntimeError("device lost"))
+    batching = BatchingPredictor(predictor, max_wait_ms=1)
+    try:
+        with pytest.raises(RuntimeError, match="device lost"):
+            batching.predict([], top_k=1)
+    finally:
+        batching.close()
