@@ -171,15 +171,21 @@ def build_transforms(
 
 
 def load_dataset(
-    source: str | Path, extract_dir: Path | None = None, *, verify_images: bool = True
+    source: str | Path,
+    extract_dir: Path | None = None,
+    *,
+    verify_images: bool = True,
+    limits: ArchiveLimits | None = None,
 ) -> Dataset:
-    """Load a folder, manifest or archive (see module docstring) into a validated Dataset."""
+    """Load a folder, manifest or archive (see module docstring) into a validated Dataset.
+
+    Archives are extracted within ``limits`` (``ArchiveLimits()`` if None)."""
     source = Path(source)
     if not source.exists():
         raise DatasetError(f"dataset not found: {source}")
     if source.is_file():
         if source.name.lower().endswith(ARCHIVE_SUFFIXES):
-            source = extract_archive(source, extract_dir)
+            source = extract_archive(source, extract_dir, limits=limits)
         elif source.suffix.lower() in (".csv", ".jsonl"):
             return _finish(source.parent, *_read_manifest(source), verify_images)
         else:
@@ -345,12 +351,83 @@ def _verify(root: Path, samples: list[Sample]) -> None:
 # ------------------------------------------------------------------------------------- archives
 
 
-def extract_archive(archive: Path, extract_dir: Path | None = None) -> Path:
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What extracting one archive may write. Zip and tar bombs are refused before they fill the
+    disk: sizes declared in the headers are checked up front, and the bytes actually written are
+    counted as they are written (headers can lie)."""
+
+    max_total_bytes: int = 20 * 1024**3  # all extracted files together
+    max_files: int = 200_000  # members, folders included
+    max_ratio: float = 200.0  # extracted bytes per byte of archive
+
+
+class _Budget:
+    """Counts members and bytes against ArchiveLimits; raises DatasetError naming the limit."""
+
+    def __init__(self, archive: Path, limits: ArchiveLimits) -> None:
+        self.name, self.limits = archive.name, limits
+        self.archive_bytes = max(archive.stat().st_size, 1)
+        self.files = 0
+        self.bytes = 0
+
+    def member(self, count: int = 1) -> None:
+        self.files += count
+        if self.files > self.limits.max_files:
+            raise DatasetError(f"{self.name}: more than {self.limits.max_files} files (the limit)")
+
+    def write(self, size: int) -> None:
+        self.check(size)
+        self.bytes += size
+
+    def check(self, size: int) -> None:
+        """Raise if ``size`` more bytes would go over a limit."""
+        total = self.bytes + size
+        if total > self.limits.max_total_bytes:
+            raise DatasetError(
+                f"{self.name}: extracts to more than {_human(self.limits.max_total_bytes)} (the limit)"
+            )
+        if total > self.archive_bytes * self.limits.max_ratio:
+            raise DatasetError(
+                f"{self.name}: extracts to more than {self.limits.max_ratio:g} times its size (compression bomb?)"
+            )
+
+
+def _human(size: int) -> str:
+    return f"{size / 1024**2:.0f} MiB" if size >= 1024**2 else f"{size} bytes"
+
+
+_COPY_CHUNK = 1024 * 1024
+
+
+def _copy_counted(source: IO[bytes], target: Path, budget: _Budget, declared: int, name: str) -> None:
+    with target.open("wb") as out:
+        written = 0
+        while chunk := source.read(_COPY_CHUNK):
+            written += len(chunk)
+            if written > declared:
+                raise DatasetError(f"{budget.name}: member {name!r} is larger than its header says")
+            budget.write(len(chunk))
+            out.write(chunk)
+
+
+def _target(dest: Path, archive: Path, name: str) -> Path:
+    """Where member ``name`` goes under ``dest``; refuses absolute paths and '..'."""
+    _check_member_name(archive, name)
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if not parts:
+        raise DatasetError(f"{archive.name}: refusing member {name!r} (empty name)")
+    return dest.joinpath(*parts)
+
+
+def extract_archive(archive: Path, extract_dir: Path | None = None, *, limits: ArchiveLimits | None = None) -> Path:
     """Extract a zip/tar archive into ``extract_dir`` (default: a fresh temp dir) and return it.
 
-    Members with absolute paths, ``..``, links or devices are refused. Extraction goes to a temp
-    dir next to ``extract_dir`` that is renamed at the end, so a failure leaves nothing behind.
+    Members with absolute paths, ``..``, links or devices are refused, and so is an archive that
+    would write more than ``limits`` allow. Extraction goes to a temp dir next to ``extract_dir``
+    that is renamed at the end, so a failure leaves nothing behind.
     """
+    limits = limits or ArchiveLimits()
     if extract_dir is None:
         extract_dir = Path(tempfile.mkdtemp(prefix="clipadapt-data-")) / "dataset"
     extract_dir = Path(extract_dir)
@@ -359,10 +436,11 @@ def extract_archive(archive: Path, extract_dir: Path | None = None) -> Path:
     extract_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{extract_dir.name}.partial-", dir=extract_dir.parent))
     try:
+        budget = _Budget(archive, limits)
         if archive.name.lower().endswith(".zip"):
-            _extract_zip(archive, partial)
+            _extract_zip(archive, partial, budget)
         else:
-            _extract_tar(archive, partial)
+            _extract_tar(archive, partial, budget)
         os.replace(partial, extract_dir)  # also replaces an existing empty directory
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -376,10 +454,14 @@ def _check_member_name(archive: Path, name: str) -> None:
         raise DatasetError(f"{archive.name}: refusing member {name!r} (absolute path or '..')")
 
 
-def _extract_zip(archive: Path, dest: Path) -> None:
+def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            # The central directory first: refuse a bomb before writing a byte.
+            budget.member(len(infos))
+            declared = _Budget(archive, budget.limits)
+            for info in infos:
                 _check_member_name(archive, info.filename)
                 mode = info.external_attr >> 16  # Unix mode, if the archiver recorded one
                 # Zips written without a file type (zipfile.writestr) carry permission bits only.
@@ -387,21 +469,41 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                     raise DatasetError(
                         f"{archive.name}: refusing member {info.filename!r} (link or special file)"
                     )
-            zf.extractall(dest)
-    except (zipfile.BadZipFile, OSError) as e:
+                declared.write(info.file_size)
+            for info in infos:
+                target = _target(dest, archive, info.filename)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as source:
+                    _copy_counted(source, target, budget, info.file_size, info.filename)
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError) as e:
+        # RuntimeError: encrypted members; NotImplementedError: unsupported compression.
         raise DatasetError(f"cannot extract {archive.name}: {e}") from e
 
 
-def _extract_tar(archive: Path, dest: Path) -> None:
+def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
     try:
-        with tarfile.open(archive) as tf:
-            for member in tf.getmembers():
-                _check_member_name(archive, member.name)
-                if not (member.isfile() or member.isdir()):
+        # Streaming mode: members are read once, in order, and each is checked (name, type,
+        # declared size) before it is written; a bomb stops at the first byte over the limit.
+        with tarfile.open(archive, mode="r|*") as tf:
+            for member in tf:
+                budget.member()
+                target = _target(dest, archive, member.name)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isfile():
                     raise DatasetError(
                         f"{archive.name}: refusing member {member.name!r} (link or special file)"
                     )
-            tf.extractall(dest, filter="data")
+                budget.check(member.size)  # the declared size alone may be over a limit
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tf.extractfile(member)
+                assert source is not None
+                with source:
+                    _copy_counted(source, target, budget, member.size, member.name)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DatasetError(f"cannot extract {archive.name}: {e}") from e
 
