@@ -37,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.adapt import fast, modules  # noqa: E402
 from core.adapt.adapted import AdaptedModel, build_adapted  # noqa: E402
-from core.adapt.methods import METHODS  # noqa: E402
+from core.adapt.methods import METHODS, RecipeBase  # noqa: E402
 from core.adapt.models import ClipBase, ModelSpec, load_base_model  # noqa: E402
 from core.adapt.predictor import BatchingPredictor, Predictor, zero_shot_model  # noqa: E402
 from core.adapt.recipe import parse_recipe  # noqa: E402
+from core.adapt.trainer import autocast  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -96,11 +97,6 @@ def plain_open_clip(reserved: int = 0) -> Iterator[None]:
         yield
 
 
-def autocast(device: torch.device):
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def build(base: ClipBase, method: str, classes: int, device: torch.device, layernorm: str = "none") -> AdaptedModel:
     names = [f"class number {i}" for i in range(classes)]
     recipe = parse_recipe({"method": method, "layernorm": layernorm})
@@ -153,12 +149,15 @@ class StepRunner:
         loss.backward()
         self.optimizer.step()
 
-    def encode_seconds_per_image(self, repeats: int) -> float:
+    def encode_seconds_per_image(self, repeats: int, batch: int = 64) -> float:
+        """Feature caching encodes in batches of 64, as the trainer does."""
+        images = self.images[:1].expand(batch, -1, -1, -1).contiguous()
+
         def encode() -> None:
             with torch.no_grad(), autocast(self.device):
-                self.model.encode_images(self.images)
+                self.model.encode_images(images)
 
-        return timed(encode, self.device, repeats) / len(self.images)
+        return timed(encode, self.device, repeats) / batch
 
 
 def measure_step(base: ClipBase, method: str, args, device, plain: bool, classes: int, layernorm: str = "none") -> dict:
@@ -356,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--views", type=int, default=4, help="cached augmented views (the recipe default)")
+    parser.add_argument("--views", type=int, default=RecipeBase.model_fields["feature_views"].default,
+                        help="cached augmented views (default: the recipe's)")
     parser.add_argument("--steps", type=int, default=3, help="timed repeats after a warm-up")
     parser.add_argument("--peft-classes", type=lambda s: [int(x) for x in s.split(",")], default=[10, 100])
     parser.add_argument("--zeroshot-classes", type=int, default=100)

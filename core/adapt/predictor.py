@@ -16,6 +16,7 @@ from core.adapt.adapted import AdaptedModel, Stage, prepare_stage
 from core.adapt.data import build_transforms
 from core.adapt.methods.zero_shot import ZeroShotConfig
 from core.adapt.models import ClipBase
+from core.adapt.trainer import autocast
 
 
 def zero_shot_model(base: ClipBase, classnames: list[str], templates: list[str] | None = None) -> AdaptedModel:
@@ -47,8 +48,10 @@ class Predictor:
         chunks = []
         for start in range(0, len(images), self.batch_size):
             batch = torch.stack([self.transform(image.convert("RGB")) for image in images[start : start + self.batch_size]])
-            features = self.model.encode_images(batch.to(self.device))
-            chunks.append(self.model.logits(features, self.class_embeddings).float().softmax(dim=-1).cpu())
+            with autocast(self.device):
+                features = self.model.encode_images(batch.to(self.device))
+                logits = self.model.logits(features, self.class_embeddings)
+            chunks.append(logits.float().softmax(dim=-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.classnames))
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict[str, Any]]]:

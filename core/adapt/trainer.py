@@ -139,7 +139,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs that support it; full precision elsewhere."""
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
@@ -160,7 +161,7 @@ def encode_split(encode: Callable[[torch.Tensor], torch.Tensor], images: ImageSa
     """Image features (by `encode`, e.g. `AdaptedModel.encode_images`) and labels of a whole split."""
     features, labels = [], []
     for batch, target in DataLoader(images, batch_size=batch_size):
-        with _autocast(device):
+        with autocast(device):
             features.append(encode(batch.to(device)).float())
         labels.append(target)
     return torch.cat(features), torch.cat(labels)
@@ -236,7 +237,7 @@ def _fit(
             if callbacks.should_stop():
                 raise TrainingCancelled()
             inputs, labels = inputs.to(device), labels.to(device)
-            with _autocast(device):
+            with autocast(device):
                 if views is not None:
                     features = inputs
                 else:

@@ -51,7 +51,7 @@ class RecipeBase(BaseModel):
         "shots, shots/10 above (appendix A.3).",
     )
     feature_views: int | None = Field(
-        4,
+        2,
         ge=1,
         le=100,
         description="While the image encoder is frozen, encode this many augmented views of the training set "
