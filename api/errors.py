@@ -27,9 +27,12 @@ class ErrorResponse(BaseModel):
 
 
 class APIError(Exception):
-    def __init__(self, status_code: int, code: str, message: str, detail: Any = None) -> None:
+    def __init__(
+        self, status_code: int, code: str, message: str, detail: Any = None, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code, self.code, self.message, self.detail = status_code, code, message, detail
+        self.headers = headers
 
 
 def not_found(kind: str, id_: str) -> APIError:
@@ -42,9 +45,12 @@ def field_error(field: str, message: str, value: Any = None) -> APIError:
     return APIError(422, "validation_error", f"body.{field}: {message}", detail)
 
 
-def _error(status_code: int, code: str, message: str, detail: Any = None) -> JSONResponse:
+def error_response(
+    status_code: int, code: str, message: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(code=code, message=message, detail=jsonable_encoder(detail)))
-    return JSONResponse(body.model_dump(), status_code=status_code)
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
+
 
 
 _PLAIN = (str, int, float, bool, type(None), list, dict)
@@ -57,7 +63,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return _error(exc.status_code, exc.code, exc.message, exc.detail)
+        return error_response(exc.status_code, exc.code, exc.message, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -68,22 +74,24 @@ def install_error_handlers(app: FastAPI) -> None:
             | ({"input": e["input"]} if isinstance(e.get("input"), _PLAIN) else {})
             for e in errors
         ]
-        return _error(422, "validation_error", message or "invalid request", detail)
+        return error_response(422, "validation_error", message or "invalid request", detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         phrase = HTTPStatus(exc.status_code).phrase
         code = phrase.lower().replace(" ", "_").replace("-", "_")
+        if exc.status_code == 413:
+            code = "upload_too_large"
         message = exc.detail if isinstance(exc.detail, str) else phrase
-        return _error(exc.status_code, code, message)
+        return error_response(exc.status_code, code, message, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", "internal server error", type(exc).__name__)
+        return error_response(500, "internal_error", "internal server error", type(exc).__name__)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": HTTPStatus(code).phrase}
-    for code in (400, 404, 409, 413, 422, 503)
+    for code in (400, 401, 403, 404, 409, 413, 422, 503)
 }

@@ -7,12 +7,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Scope
 
 from api.errors import install_error_handlers
 from api.routes import datasets, health, jobs, models, predict
+from api.uploads import FORM_OVERHEAD, MiB, BodyLimitMiddleware
 from core.jobs.dispatch import EmbeddedRunner, dispatcher_from_settings
 from core.jobs.predict import PredictionService
+from core.jobs.sweep import Sweeper
 from core.settings import Settings, get_settings
+
+log = logging.getLogger("api")
+
+
+def body_limits(settings: Settings):
+    """The largest request body each route takes; JSON bodies get 1 MiB."""
+    limits = {
+        "/datasets": settings.max_upload_mb * MiB + FORM_OVERHEAD,
+        "/predict": settings.max_predict_images * settings.max_image_mb * MiB + FORM_OVERHEAD,
+    }
+
+    def limit_for(scope: Scope) -> int:
+        return limits.get(scope["path"].rstrip("/"), MiB)
+
+    return limit_for
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,11 +41,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         dispatcher = dispatcher_from_settings(settings)
         app.state.dispatcher = dispatcher
+        if settings.auth == "disabled":
+            log.warning(
+                "authentication is DISABLED (CLIPADAPT_AUTH=disabled): serving only clients on %s; "
+                "everything belongs to one owner", settings.bind_host,
+            )
+        else:
+            log.info("authentication required: API keys from `clipadapt keys create --owner NAME`")
         if isinstance(dispatcher, EmbeddedRunner):
             dispatcher.recover()
+        sweeper = Sweeper(settings, dispatcher.submit).start()
         try:
             yield
         finally:
+            sweeper.stop()
             dispatcher.close()
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -40,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.prediction = PredictionService(settings)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
     for module in (datasets, models, jobs, predict, health):
         app.include_router(module.router)
     return app

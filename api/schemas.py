@@ -11,6 +11,9 @@ from core.adapt.recipe import Recipe, parse_recipe
 from core.jobs.catalog import CatalogEntry
 from core.jobs.models import Dataset, Job, JobEvent, JobMetric, JobState
 
+# Pagination offsets past any real table; also keeps them inside a 64-bit SQL integer.
+MAX_OFFSET = 2**31 - 1
+
 # ------------------------------------------------------------------------------------ datasets
 
 

@@ -12,8 +12,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from core.jobs.keys import app as keys_app
+
 app = typer.Typer(help="Adapt CLIP models to image classification (methods of 'How to adapt your "
                   "large-scale vision-and-language model').", no_args_is_help=True, add_completion=False)
+
+app.add_typer(keys_app, name="keys")  # the service's API keys
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="open_clip architecture, e.g. ViT-B-16, or hf-hub:org/repo.")]
 ModelConfigOpt = Annotated[Optional[Path], typer.Option("--model-config", help="open_clip model-config JSON file.")]

@@ -6,11 +6,12 @@ hyperparameters belong to a job's recipe. Every field is listed in README.md.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,52 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
+    # ----------------------------------------------------------------------------- access
+    auth: Literal["required", "disabled"] = Field(
+        "required",
+        description="required: every request but health checks and docs needs `Authorization: Bearer "
+        "<key>` (keys from `clipadapt keys create`); disabled: no keys, one owner, only allowed when "
+        "BIND_HOST is a loopback address.",
+    )
+    bind_host: str = Field(
+        "127.0.0.1",
+        description="Address the API listens on (`make serve` passes it to uvicorn); with AUTH=disabled "
+        "it must be loopback, and requests from other addresses are refused.",
+    )
+
+    # ------------------------------------------------------------------- hostile uploads
+    max_dataset_mb: int = Field(
+        20480, ge=1, description="Largest total size of the files in a dataset archive once extracted, in MiB."
+    )
+    max_dataset_files: int = Field(200_000, ge=1, description="Most members (files and folders) in a dataset archive.")
+    max_archive_ratio: float = Field(
+        200.0, gt=1, description="Largest ratio of extracted size to archive size (zip/tar bombs)."
+    )
+    max_image_mb: int = Field(32, ge=1, description="Largest image accepted by /predict, in MiB.")
+    max_image_pixels: int = Field(
+        64_000_000, ge=1, description="Largest image accepted by /predict, in pixels (width x height)."
+    )
+
+    # ---------------------------------------------------------------------------- faults
+    job_lease_s: float = Field(
+        60.0,
+        ge=1,
+        description="How long a worker's claim on a running job lasts without a heartbeat (heartbeats "
+        "renew it several times per lease). A job whose lease expired was abandoned and is re-queued.",
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="Attempts (claims) a job gets before a job that keeps killing its worker fails."
+    )
+    checkpoint_every_s: float = Field(
+        300.0,
+        ge=0,
+        description="Save a resumable training checkpoint to storage after an epoch at most this often "
+        "(0: after every epoch).",
+    )
+    sweep_every_s: float = Field(
+        30.0, gt=0, description="How often workers and the API look for jobs whose lease expired."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, url: str) -> str:
@@ -74,6 +121,15 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @model_validator(mode="after")
+    def _no_open_unauthenticated_api(self) -> Settings:
+        if self.auth == "disabled" and not is_loopback(self.bind_host):
+            raise ValueError(
+                f"CLIPADAPT_AUTH=disabled is only allowed when CLIPADAPT_BIND_HOST is a loopback "
+                f"address, not {self.bind_host!r}: create keys with `clipadapt keys create` instead"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:
@@ -99,6 +155,15 @@ class Settings(BaseSettings):
         """These settings as CLIPADAPT_* variables, for a child process to read back."""
         values = self.model_dump() | {"data_dir": self.data_dir.resolve()}
         return {f"CLIPADAPT_{name.upper()}": str(value) for name, value in values.items()}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache

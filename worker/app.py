@@ -4,15 +4,25 @@ The broker only carries job ids; the job row is the source of truth. Tasks are a
 they finish (``acks_late``) and returned to the queue if the worker process dies
 (``task_reject_on_worker_lost``), and a worker takes one task at a time (prefetch 1): a GPU trains
 one job, and a long job does not hold others hostage in a busy worker's prefetch buffer.
+
+A worker waits for the database before it consumes anything (retrying with backoff), and runs the
+lease sweep (core.jobs.sweep): a job whose worker died, machine and all, is re-queued once its lease
+expires and resumes on another worker from its last checkpoint.
 """
 
 from __future__ import annotations
 
-from celery import Celery
-from celery.signals import worker_process_init
+import logging
 
+from celery import Celery
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+
+from core.jobs.db import wait_for_database
 from core.jobs.dispatch import RUN_JOB_TASK
+from core.jobs.sweep import Sweeper
 from core.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def create_celery() -> Celery:
@@ -30,9 +40,11 @@ def create_celery() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        # Redis redelivers an unacknowledged task after this long (a worker machine vanished).
-        # A copy delivered while the job still heartbeats is skipped by run_job's claim.
+        # Redis would redeliver an unacknowledged task after this long; the lease sweep re-queues a
+        # dead worker's job long before that. A copy delivered later is skipped by run_job's claim.
         broker_transport_options={"visibility_timeout": 6 * 3600},
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,  # a broker that drops the connection is reconnected
         worker_hijack_root_logger=False,
     )
     return app
@@ -48,3 +60,29 @@ def _limit_threads(**_: object) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+@worker_init.connect
+def _wait_for_database(**_: object) -> None:
+    wait_for_database(get_settings().resolved_database_url)
+
+
+_sweeper: Sweeper | None = None
+
+
+@worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    global _sweeper
+    settings = get_settings()
+
+    def submit(job_id: str) -> None:
+        app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.job_queue)
+
+    _sweeper = Sweeper(settings, submit).start()
+    log.info("lease sweep every %.0fs", settings.sweep_every_s)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()

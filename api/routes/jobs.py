@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import FileResponse
 
-from api.deps import CatalogDep, DispatcherDep, SessionDep, SettingsDep, StorageDep
+from api.deps import CatalogDep, DispatcherDep, OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES, APIError, field_error, not_found
 from api.schemas import (
+    MAX_OFFSET,
     JobCreate,
     JobEventPublic,
     JobEventsPublic,
@@ -27,8 +28,9 @@ from core.jobs.storage import StorageError
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
-def _get_job(repo: JobRepository, job_id: str, *, for_update: bool = False) -> Job:
-    job = repo.get(job_id, for_update=for_update)
+def _get_job(repo: JobRepository, job_id: str, owner: str, *, for_update: bool = False) -> Job:
+    """The owner's job; another owner's job is as unknown as a missing one (404)."""
+    job = repo.get(job_id, owner=owner, for_update=for_update)
     if job is None:
         raise not_found("job", job_id)
     return job
@@ -36,7 +38,7 @@ def _get_job(repo: JobRepository, job_id: str, *, for_update: bool = False) -> J
 
 @router.post("", status_code=201, response_model=JobPublic)
 def create_job(
-    session: SessionDep, catalog: CatalogDep, dispatcher: DispatcherDep, body: JobCreate
+    session: SessionDep, catalog: CatalogDep, dispatcher: DispatcherDep, owner: OwnerDep, body: JobCreate
 ) -> JobPublic:
     """Create a training job; it starts queued."""
     entry = catalog.get(body.base_model)
@@ -44,12 +46,13 @@ def create_job(
         raise field_error(
             "base_model", f"unknown base model; choose one of: {', '.join(catalog)}", body.base_model
         )
-    dataset = DatasetRepository(session).get(body.dataset_id, for_update=True)
+    dataset = DatasetRepository(session).get(body.dataset_id, owner=owner, for_update=True)
     if dataset is None:
         raise field_error("dataset_id", "no dataset with this id", body.dataset_id)
     repo = JobRepository(session)
     job = repo.add(
         Job(
+            owner=owner,
             name=body.name,
             meta=body.metadata,
             state=JobState.queued,
@@ -73,44 +76,45 @@ def create_job(
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
+    owner: OwnerDep,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobsPublic:
     """List jobs, newest first, optionally only those in one state."""
-    rows, count = JobRepository(session).list(state=state, limit=limit, offset=offset)
+    rows, count = JobRepository(session).list(owner=owner, state=state, limit=limit, offset=offset)
     return JobsPublic(data=[JobPublic.of(j) for j in rows], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(session: SessionDep, job_id: str) -> JobPublic:
+def get_job(session: SessionDep, owner: OwnerDep, job_id: str) -> JobPublic:
     """Get a job: state, progress, resolved recipe, metrics and error."""
-    return JobPublic.of(_get_job(JobRepository(session), job_id))
+    return JobPublic.of(_get_job(JobRepository(session), job_id, owner))
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetricsPublic)
-def get_job_metrics(session: SessionDep, job_id: str) -> JobMetricsPublic:
+def get_job_metrics(session: SessionDep, owner: OwnerDep, job_id: str) -> JobMetricsPublic:
     """Per-epoch training loss and validation metrics, in order."""
     repo = JobRepository(session)
-    _get_job(repo, job_id)
+    _get_job(repo, job_id, owner)
     rows = [JobMetricPublic.of(m) for m in repo.metrics(job_id)]
     return JobMetricsPublic(data=rows, count=len(rows))
 
 
 @router.get("/{job_id}/events", response_model=JobEventsPublic)
-def get_job_events(session: SessionDep, job_id: str) -> JobEventsPublic:
+def get_job_events(session: SessionDep, owner: OwnerDep, job_id: str) -> JobEventsPublic:
     """State changes and progress messages, oldest first."""
     repo = JobRepository(session)
-    _get_job(repo, job_id)
+    _get_job(repo, job_id, owner)
     rows = [JobEventPublic.of(e) for e in repo.events(job_id)]
     return JobEventsPublic(data=rows, count=len(rows))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(session: SessionDep, job_id: str) -> JobPublic:
+def cancel_job(session: SessionDep, owner: OwnerDep, job_id: str) -> JobPublic:
     """Cancel a queued job, or ask a running one to stop after its current step."""
     repo = JobRepository(session)
-    job = _get_job(repo, job_id, for_update=True)
+    job = _get_job(repo, job_id, owner, for_update=True)
     if not job.state.active:
         raise APIError(409, "job_finished", f"job is already {job.state}")
     repo.request_cancel(job)
@@ -128,11 +132,12 @@ def download_artifact(
     storage: StorageDep,
     settings: SettingsDep,
     background: BackgroundTasks,
+    owner: OwnerDep,
     job_id: str,
     format: Literal["tar.gz", "zip"] = "tar.gz",
 ) -> FileResponse:
     """Download the trained artifact directory (weights.safetensors, manifest.json)."""
-    job = _get_job(JobRepository(session), job_id)
+    job = _get_job(JobRepository(session), job_id, owner)
     if job.artifact_key is None:
         raise APIError(409, "artifact_unavailable", f"job is {job.state}; only succeeded jobs have an artifact")
     tmp = Path(tempfile.mkdtemp(prefix="clipadapt-download-", dir=_scratch(settings.data_dir)))

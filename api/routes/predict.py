@@ -5,10 +5,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from api.deps import CatalogDep, PredictionDep, SessionDep, SettingsDep
+from api.deps import CatalogDep, OwnerDep, PredictionDep, SessionDep, SettingsDep
 from api.errors import ERROR_RESPONSES, APIError, field_error
 from api.schemas import ImagePrediction, LabelProbability, PredictModel, PredictResponse
 from core.jobs.models import JobState
+from core.jobs.predict import ImageTooLarge
 from core.jobs.repository import JobRepository
 from core.jobs.storage import StorageError
 
@@ -45,6 +46,7 @@ def predict(
     catalog: CatalogDep,
     settings: SettingsDep,
     service: PredictionDep,
+    owner: OwnerDep,
     images: Annotated[list[UploadFile], File(description="One or more images.")],
     job_id: Annotated[str | None, Form(description="A succeeded job's fine-tuned model.")] = None,
     base_model: Annotated[str | None, Form(description="Zero-shot: a base model name.")] = None,
@@ -61,10 +63,15 @@ def predict(
         raise field_error("images", f"at most {settings.max_predict_images} images per request", len(images))
     if (job_id is None) == (base_model is None):
         raise APIError(422, "validation_error", "give either job_id, or base_model with classnames")
+    max_bytes = settings.max_image_mb * 1024 * 1024
+    for i, image in enumerate(images):
+        if image.size is not None and image.size > max_bytes:
+            name = image.filename or f"image{i}"
+            raise APIError(413, "image_too_large", f"image {name} is larger than {settings.max_image_mb} MiB")
 
     if job_id is not None:
-        job = JobRepository(session).get(job_id)
-        if job is None:
+        job = JobRepository(session).get(job_id, owner=owner)
+        if job is None:  # another owner's job is as unknown as a missing one
             raise field_error("job_id", "no job with this id", job_id)
         if job.state != JobState.succeeded or job.artifact_key is None:
             raise APIError(409, "model_unavailable", f"job {job_id} is {job.state}, not succeeded")
@@ -92,7 +99,11 @@ def predict(
         predictor = service.zero_shot(entry.spec(), names)
 
     try:
-        decoded = service.open_images([(f.filename or f"image{i}", f.file) for i, f in enumerate(images)])
+        decoded = service.open_images(
+            [(f.filename or f"image{i}", f.file) for i, f in enumerate(images)], max_pixels=settings.max_image_pixels
+        )
+    except ImageTooLarge as e:
+        raise APIError(413, "image_too_large", str(e)) from e
     except DatasetError as e:
         raise field_error("images", str(e)) from e
     results = service.predict(predictor, decoded, top_k=top_k)

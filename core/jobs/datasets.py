@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -11,6 +12,9 @@ from core.jobs.files import dataset_key
 from core.jobs.models import Dataset, new_id
 from core.jobs.repository import DatasetRepository
 from core.jobs.storage import Storage
+
+if TYPE_CHECKING:
+    from core.adapt.data import ArchiveLimits
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
@@ -30,9 +34,19 @@ def archive_suffix(filename: str) -> str:
 
 
 def create_dataset(
-    session: Session, storage: Storage, archive: Path, *, filename: str, name: str | None = None
+    session: Session,
+    storage: Storage,
+    archive: Path,
+    *,
+    filename: str,
+    owner: str,
+    name: str | None = None,
+    limits: ArchiveLimits | None = None,
+    scratch: Path | None = None,
 ) -> Dataset:
-    """Validate ``archive`` (every image decoded), store it, and commit its row.
+    """Validate ``archive`` (extracted within ``limits``, every image decoded), store it, and
+    commit its row, owned by ``owner``. ``scratch`` is where it is extracted (default: the
+    system's temp dir); nothing is left there.
 
     The archive is stored before the row is committed and removed again if the commit fails, so a
     dataset row always has its archive.
@@ -40,18 +54,19 @@ def create_dataset(
     from core.adapt.data import DatasetError, load_dataset
 
     suffix = archive_suffix(filename)
-    with tempfile.TemporaryDirectory(prefix="clipadapt-upload-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="clipadapt-upload-", dir=scratch) as tmp:
         # load_dataset picks the format by suffix and names the file in its errors.
         named = Path(tmp) / (Path(filename).name or f"upload{suffix}")
         named.symlink_to(archive.resolve())
         try:
-            loaded = load_dataset(named, extract_dir=Path(tmp) / "data")
+            loaded = load_dataset(named, extract_dir=Path(tmp) / "data", limits=limits)
         except DatasetError as e:
             raise DatasetRejected(str(e)) from e
 
     dataset_id = new_id()
     dataset = Dataset(
         id=dataset_id,
+        owner=owner,
         name=name or Path(filename).name.removesuffix(suffix),
         filename=Path(filename).name,
         archive_key=dataset_key(dataset_id, suffix),

@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+_engines: list[Engine] = []
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child (Celery's prefork pool), drop the parent's pooled connections without
+    closing them: sharing one socket between two processes corrupts both sessions."""
+    for engine in _engines:
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 @lru_cache
 def get_engine(url: str) -> Engine:
+    engine = _create_engine(url)
+    _engines.append(engine)
+    return engine
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -38,3 +62,21 @@ def transaction(url: str) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on any exception."""
     with get_sessionmaker(url).begin() as session:
         yield session
+
+
+def wait_for_database(url: str, *, timeout: float | None = None, first_delay: float = 0.5, max_delay: float = 15.0) -> None:
+    """Block until the database answers, retrying with exponential backoff (a worker may start
+    before the database does). Raises the last OperationalError after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = first_delay
+    while True:
+        try:
+            with get_engine(url).connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return
+        except OperationalError as e:
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            log.warning("database not reachable (%s); retrying in %.1fs", str(e).splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)

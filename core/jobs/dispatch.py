@@ -88,8 +88,7 @@ class EmbeddedRunner:
             for job_id in repo.ids_in_state(JobState.running):
                 job = repo.get(job_id)
                 assert job is not None
-                job.started_at = job.heartbeat_at = None
-                repo.set_state(job, JobState.queued, "runner restarted; re-queued")
+                repo.requeue(job, "runner restarted; re-queued")
             queued = repo.ids_in_state(JobState.queued)
         for job_id in queued:
             self.submit(job_id)
@@ -118,13 +117,18 @@ class EmbeddedRunner:
             self._mark_crashed(job_id, code)
 
     def _mark_crashed(self, job_id: str, code: int) -> None:
+        """The child died without finishing the job: re-queue it (it resumes from its checkpoint)
+        or, once it has used its attempts, fail it."""
         reason = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         with transaction(self.settings.resolved_database_url) as session:
-            repo = JobRepository(session)
-            job = repo.get(job_id)
-            if job is not None and job.state == JobState.running:
-                error = {"code": "runner_crashed", "message": f"training process died ({reason})", "detail": None}
-                repo.set_state(job, JobState.failed, f"job failed: {error['message']}", error=error)
+            state = JobRepository(session).requeue_abandoned(
+                job_id,
+                reason=f"training process died ({reason})",
+                max_attempts=self.settings.job_max_attempts,
+                worker_known_dead=True,
+            )
+        if state == JobState.queued:
+            self.submit(job_id)
 
     def check(self) -> str:
         if self._closed:

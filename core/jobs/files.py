@@ -10,8 +10,10 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from core.jobs.storage import Storage
+from core.settings import Settings
 
 
 def dataset_key(dataset_id: str, suffix: str) -> str:
@@ -20,6 +22,22 @@ def dataset_key(dataset_id: str, suffix: str) -> str:
 
 def artifact_key(job_id: str) -> str:
     return f"artifacts/{job_id}/artifact.tar.gz"
+
+
+def checkpoint_key(job_id: str) -> str:
+    """The job's last training checkpoint (core.adapt.trainer.Checkpoint), while it runs."""
+    return f"checkpoints/{job_id}.pt"
+
+
+def archive_limits(settings: Settings) -> Any:
+    """The settings' limits on dataset archives, as core.adapt.data.ArchiveLimits."""
+    from core.adapt.data import ArchiveLimits
+
+    return ArchiveLimits(
+        max_total_bytes=settings.max_dataset_mb * 1024 * 1024,
+        max_files=settings.max_dataset_files,
+        max_ratio=settings.max_archive_ratio,
+    )
 
 
 def pack_artifact(artifact_dir: Path, dest: Path, arcname: str) -> Path:
@@ -63,14 +81,15 @@ def _materialize(final: Path, build) -> Path:
     return final
 
 
-def local_dataset(storage: Storage, key: str, cache_dir: Path, dataset_id: str) -> Path:
-    """The extracted dataset folder in the local cache, fetched and extracted on first use."""
+def local_dataset(storage: Storage, key: str, cache_dir: Path, dataset_id: str, *, limits: Any = None) -> Path:
+    """The extracted dataset folder in the local cache, fetched and extracted on first use
+    (within ``limits``, a core.adapt.data.ArchiveLimits; its defaults if None)."""
     from core.adapt.data import extract_archive
 
     def build(work: Path) -> Path:
         archive = work / Path(key).name
         storage.get_file(key, archive)
-        return extract_archive(archive, work / "data")
+        return extract_archive(archive, work / "data", limits=limits)
 
     return _materialize(cache_dir / "datasets" / dataset_id, build)
 

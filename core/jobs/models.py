@@ -1,4 +1,8 @@
-"""ORM models: datasets, jobs, job events and per-epoch job metrics."""
+"""ORM models: API keys, datasets, jobs, job events and per-epoch job metrics.
+
+Datasets and jobs belong to an ``owner`` (the owner named on the API key that created them); with
+authentication disabled everything belongs to ``LOCAL_OWNER``.
+"""
 
 from __future__ import annotations
 
@@ -68,11 +72,26 @@ class JobState(enum.StrEnum):
 
 ACTIVE_STATES = (JobState.queued, JobState.running)
 
+LOCAL_OWNER = "local"  # the single owner when authentication is disabled
+
+
+class ApiKey(Base):
+    """An API key: only a SHA-256 hash of the secret is stored (keys are random, 256-bit)."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
 
 class Dataset(Base):
     __tablename__ = "dataset"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
     name: Mapped[str] = mapped_column(String(255))
     filename: Mapped[str] = mapped_column(String(255))
     archive_key: Mapped[str] = mapped_column(String(512))
@@ -87,6 +106,7 @@ class Job(Base):
     __tablename__ = "job"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
     name: Mapped[str | None] = mapped_column(String(255))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     state: Mapped[JobState] = mapped_column(
@@ -114,6 +134,10 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     artifact_key: Mapped[str | None] = mapped_column(String(512))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The worker holding the job while it runs, and until when; heartbeats push the expiry forward.
+    # A running job whose lease expired was abandoned and may be re-queued.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()

@@ -20,6 +20,19 @@ from core.jobs.storage import get_storage
 from core.settings import Settings
 
 
+# Formats /predict decodes; anything else is refused before a decoder runs.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+
+
+class ImageTooLarge(ValueError):
+    """An image over the pixel limit."""
+
+
+def _clean(message: str) -> str:
+    """Pillow's messages end in the repr of the file object; the file name says it already."""
+    return re.sub(r" <[^>]*object at 0x[0-9a-f]+>", "", message)
+
+
 class LRUCache:
     """A thread-safe LRU that builds each missing value once, even under concurrent requests."""
 
@@ -103,8 +116,12 @@ class PredictionService:
         return self.predictors.get(("zero-shot", json.dumps(spec, sort_keys=True), tuple(classnames)), build)
 
     @staticmethod
-    def open_images(files: list[tuple[str, IO[bytes]]]) -> list[Any]:
-        """Decode uploads to RGB images; raises DatasetError naming the bad file."""
+    def open_images(files: list[tuple[str, IO[bytes]]], *, max_pixels: int | None = None) -> list[Any]:
+        """Decode uploads to RGB images. Raises ImageTooLarge over ``max_pixels`` (checked from the
+        header, before decoding) and DatasetError for anything that is not an allowed image format,
+        naming the file."""
+        from PIL import Image, UnidentifiedImageError
+
         from core.adapt.data import DatasetError, open_image
 
         images = []
@@ -112,10 +129,22 @@ class PredictionService:
             named = io.BytesIO(file.read())
             named.name = name  # open_image names the file in its errors
             try:
+                # Only the header is read here; `formats` keeps Pillow away from exotic decoders.
+                with Image.open(named, formats=IMAGE_FORMATS) as probe:
+                    width, height = probe.size
+            except Image.DecompressionBombError as e:
+                raise ImageTooLarge(f"image {name} is too large: {e}") from e
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                raise DatasetError(
+                    f"cannot read image {name}: not a {', '.join(IMAGE_FORMATS)} image ({_clean(str(e))})"
+                ) from e
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLarge(f"image {name} is {width}x{height} pixels, more than {max_pixels}")
+            named.seek(0)
+            try:
                 images.append(open_image(named))
             except DatasetError as e:
-                # Pillow's message ends in the repr of the file object; the name says it already.
-                raise DatasetError(re.sub(r" <[^>]*object at 0x[0-9a-f]+>", "", str(e))) from e
+                raise DatasetError(_clean(str(e))) from e
         return images
 
     def predict(self, predictor: Any, images: list[Any], top_k: int) -> list[list[dict[str, Any]]]:

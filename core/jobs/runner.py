@@ -1,33 +1,41 @@
 """run_job: train one job end to end. The Celery task and the embedded runner both call it.
 
-The job row is the source of truth. run_job claims the row (queued -> running), writes progress and
-per-epoch metrics as training goes, stores the artifact, and only then marks the job succeeded.
-Failures become a structured ``error`` on the row; run_job itself does not raise for job errors.
+The job row is the source of truth. run_job claims the row (queued -> running) under a lease that a
+heartbeat thread renews, writes progress and per-epoch metrics as training goes, saves a resumable
+checkpoint to storage every ``checkpoint_every_s``, stores the artifact, and only then marks the job
+succeeded. A job whose worker died (its lease expired) is re-queued by a sweep
+(``core.jobs.sweep``) and the next attempt resumes from the last checkpoint. A worker that lost its
+lease stops and writes nothing more. Failures become a structured ``error`` on the row; run_job
+itself does not raise for job errors.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
 import threading
 import time
 import traceback
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
 from core.jobs.db import transaction
-from core.jobs.files import artifact_key, local_dataset, pack_artifact
+from core.jobs.files import archive_limits, artifact_key, checkpoint_key, local_dataset, pack_artifact
 from core.jobs.models import JobMetric, JobState
 from core.jobs.repository import JobRepository
-from core.jobs.storage import StorageError, get_storage
+from core.jobs.storage import Storage, StorageError, get_storage
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-# A running job whose heartbeat is older than this was abandoned (its worker died) and may be
-# claimed again when the broker redelivers the task.
-STALE_AFTER = timedelta(minutes=10)
+# Heartbeats renew the lease and pick up cancellation requests: at least every 2 s, and at least
+# four times per lease.
 HEARTBEAT_EVERY_S = 2.0
 
 
@@ -39,15 +47,82 @@ class JobFailure(Exception):
         self.code, self.message, self.detail = code, message, detail
 
 
-class JobCallbacks:
-    """core.adapt TrainCallbacks that write progress, metrics and events to the job row."""
+def worker_name() -> str:
+    """Identifies one run_job call in lease_owner (and in the job's events)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-    def __init__(self, db_url: str, job_id: str, interrupt: threading.Event | None = None) -> None:
+
+class LeaseKeeper:
+    """Renews the job's lease from a background thread, so slow steps that never reach
+    ``should_stop`` (downloads, evaluation, feature caching) keep the lease too. It stops renewing
+    when the process dies, and the lease then expires."""
+
+    def __init__(self, db_url: str, job_id: str, worker: str, lease: timedelta) -> None:
+        self.db_url, self.job_id, self.worker, self.lease = db_url, job_id, worker, lease
+        self.every = min(HEARTBEAT_EVERY_S, lease.total_seconds() / 4)
+        self.lost = threading.Event()
+        self.cancel_requested = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.renew()
+            if self.lost.is_set():
+                return
+
+    def renew(self) -> None:
+        try:
+            with transaction(self.db_url) as session:
+                held, cancel = JobRepository(session).renew_lease(self.job_id, worker=self.worker, lease=self.lease)
+        except SQLAlchemyError as e:  # the database is away: retry next beat; the lease may run out
+            log.warning("job %s: lease renewal failed: %s", self.job_id, e)
+            return
+        if not held:
+            log.error("job %s: lease lost (it was re-queued or claimed elsewhere); stopping", self.job_id)
+            self.lost.set()
+        if cancel is not None:
+            self.cancel_requested.set()
+
+
+class JobCallbacks:
+    """core.adapt TrainCallbacks that write progress, metrics, events and checkpoints."""
+
+    def __init__(
+        self,
+        db_url: str,
+        job_id: str,
+        interrupt: threading.Event | None = None,
+        lease: LeaseKeeper | None = None,
+        *,
+        storage: Storage | None = None,
+        checkpoint_every_s: float = 0.0,
+        scratch: Path | None = None,
+    ) -> None:
         self.db_url = db_url
         self.job_id = job_id
         self.interrupt = interrupt or threading.Event()
-        self.cancel_requested = False
-        self._next_check = 0.0
+        self.lease = lease
+        self.storage = storage
+        self.checkpoint_every_s = checkpoint_every_s
+        self.scratch = scratch
+        self._last_checkpoint = time.monotonic()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.lease is not None and self.lease.cancel_requested.is_set()
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.lease is not None and self.lease.lost.is_set()
 
     def on_stage_start(self, stage: int, name: str, epochs: int) -> None:
         with transaction(self.db_url) as session:
@@ -58,6 +133,8 @@ class JobCallbacks:
             repo.add_event(self.job_id, f"stage {stage} ({name}) started: {epochs} epochs")
 
     def on_epoch_end(self, report: Any) -> None:
+        if self.lease_lost:
+            return
         with transaction(self.db_url) as session:
             repo = JobRepository(session)
             job = repo.get(self.job_id)
@@ -81,22 +158,32 @@ class JobCallbacks:
 
     def on_message(self, message: str) -> None:
         with transaction(self.db_url) as session:
-            repo = JobRepository(session)
-            repo.add_event(self.job_id, message)
-            repo.heartbeat(self.job_id)  # messages mark slow steps (downloads, auto's probe)
+            JobRepository(session).add_event(self.job_id, message)
 
     def on_checkpoint(self, make: Any) -> None:
-        pass
+        """Save ``make()`` to storage (atomically replacing the last one), at most every
+        ``checkpoint_every_s``. A failed save is reported and training goes on."""
+        if self.storage is None or self.lease_lost:
+            return
+        now = time.monotonic()
+        if now - self._last_checkpoint < self.checkpoint_every_s:
+            return
+        checkpoint = make()
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"clipadapt-ckpt-{self.job_id}-", dir=self.scratch) as tmp:
+                path = Path(tmp) / "checkpoint.pt"
+                checkpoint.save(path)
+                self.storage.put_file(checkpoint_key(self.job_id), path)
+        except (StorageError, OSError) as e:
+            log.warning("job %s: checkpoint not saved: %s", self.job_id, e)
+            self.on_message(f"checkpoint after epoch {checkpoint.epoch} not saved: {e}")
+            return
+        self._last_checkpoint = now
+        log.info("job %s: checkpoint saved (stage %d, epoch %d)", self.job_id, checkpoint.stage, checkpoint.epoch)
 
     def should_stop(self) -> bool:
-        if self.interrupt.is_set() or self.cancel_requested:
-            return True
-        now = time.monotonic()
-        if now >= self._next_check:  # called every step: touch the database at most every 2 s
-            self._next_check = now + HEARTBEAT_EVERY_S
-            with transaction(self.db_url) as session:
-                self.cancel_requested = JobRepository(session).heartbeat(self.job_id) is not None
-        return self.cancel_requested
+        # Only flags: the lease thread talks to the database.
+        return self.interrupt.is_set() or self.cancel_requested or self.lease_lost
 
 
 def _jsonable(value: Any) -> Any:
@@ -121,44 +208,67 @@ def resolve_device(setting: str) -> str:
 def run_job(
     job_id: str, *, settings: Settings | None = None, interrupt: threading.Event | None = None
 ) -> JobState | None:
-    """Train job ``job_id`` if it can be claimed; returns its final state (None if not claimed).
+    """Train job ``job_id`` if it can be claimed; returns its final state (None if not claimed, or
+    if this worker lost the job to another one).
 
-    ``interrupt`` (set on process shutdown) stops training and puts the job back in the queue.
+    ``interrupt`` (set on process shutdown) stops training and puts the job back in the queue; its
+    checkpoint is kept, so the next attempt resumes.
     """
     settings = settings or get_settings()
     db_url = settings.resolved_database_url
+    worker = worker_name()
+    lease = timedelta(seconds=settings.job_lease_s)
     with transaction(db_url) as session:
-        if not JobRepository(session).claim(job_id, stale_after=STALE_AFTER):
-            job = JobRepository(session).get(job_id)
+        repo = JobRepository(session)
+        if not repo.claim(job_id, worker=worker, lease=lease, max_attempts=settings.job_max_attempts):
+            job = repo.get(job_id)
             log.info("job %s not claimed (state: %s)", job_id, job.state if job else "missing")
             return None
-        job = JobRepository(session).get(job_id)
+        job = repo.get(job_id)
         assert job is not None
         spec, recipe, dataset_id = job.base_model_spec, job.recipe, job.dataset_id
         archive = job.dataset.archive_key if job.dataset else None
-    log.info("job %s started", job_id)
+        attempt = job.attempts
+    log.info("job %s started (attempt %d) by %s", job_id, attempt, worker)
 
-    callbacks = JobCallbacks(db_url, job_id, interrupt)
-    try:
-        outcome = _train_and_store(settings, job_id, spec, recipe, dataset_id, archive, callbacks)
-    except JobFailure as failure:
-        return _finish_failed(db_url, job_id, failure)
-    except Exception as exc:  # noqa: BLE001 - every failure must end up on the job row
-        return _finish_failed(db_url, job_id, _classify(exc))
+    storage = get_storage(settings)
+    scratch = settings.data_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with LeaseKeeper(db_url, job_id, worker, lease) as keeper:
+        callbacks = JobCallbacks(
+            db_url, job_id, interrupt, keeper,
+            storage=storage, checkpoint_every_s=settings.checkpoint_every_s, scratch=scratch,
+        )
+        try:
+            outcome = _train_and_store(settings, job_id, spec, recipe, dataset_id, archive, callbacks, worker)
+        except JobFailure as failure:
+            return _finish_failed(db_url, storage, job_id, worker, failure)
+        except OperationalError:
+            # The database went away: nothing can be recorded, and the job is not at fault. Its
+            # lease runs out and the sweep re-queues it; the next attempt resumes from the checkpoint.
+            log.exception("job %s: database unreachable; leaving the job to the lease sweep", job_id)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure must end up on the job row
+            return _finish_failed(db_url, storage, job_id, worker, _classify(exc))
+    if outcome is not None:
+        return outcome
 
-    if outcome is None:  # stopped: by a user's cancel, or by shutdown (re-queued)
-        with transaction(db_url) as session:
-            repo = JobRepository(session)
-            job = repo.get(job_id)
-            assert job is not None
-            if callbacks.cancel_requested or job.cancel_requested_at is not None:
-                repo.set_state(job, JobState.cancelled, "job cancelled")
-            else:
-                job.started_at = job.heartbeat_at = None
-                job.stage = job.stage_name = job.epoch = None
-                repo.set_state(job, JobState.queued, "interrupted by worker shutdown; re-queued")
-            return job.state
-    return JobState.succeeded
+    # Stopped: by a user's cancel, by shutdown (re-queued), or because the lease was lost.
+    with transaction(db_url) as session:
+        repo = JobRepository(session)
+        job = repo.get(job_id, for_update=True)
+        assert job is not None
+        if job.lease_owner != worker or job.state != JobState.running:
+            log.warning("job %s: this worker no longer holds it; leaving it alone", job_id)
+            return None
+        if job.cancel_requested_at is not None:
+            repo.set_state(job, JobState.cancelled, "job cancelled")
+        else:
+            repo.requeue(job, "interrupted by worker shutdown; re-queued")
+        state = job.state
+    if state == JobState.cancelled:
+        _delete_checkpoint(storage, job_id)
+    return state
 
 
 def _train_and_store(
@@ -169,6 +279,7 @@ def _train_and_store(
     dataset_id: str | None,
     archive: str | None,
     callbacks: JobCallbacks,
+    worker: str,
 ) -> JobState | None:
     import torch
     from pydantic import ValidationError
@@ -193,7 +304,7 @@ def _train_and_store(
         raise JobFailure("recipe_invalid", "the stored recipe is no longer valid", e.errors()) from e
 
     callbacks.on_message(f"loading dataset {dataset_id}")
-    folder = local_dataset(storage, archive, settings.cache_dir, dataset_id)
+    folder = local_dataset(storage, archive, settings.cache_dir, dataset_id, limits=archive_limits(settings))
     # Images were verified when the dataset was uploaded.
     dataset = load_dataset(folder, verify_images=False)
 
@@ -203,12 +314,16 @@ def _train_and_store(
     except Exception as e:  # noqa: BLE001 - unknown arch, missing weights file, no network...
         raise JobFailure("model_load_failed", f"cannot load base model: {e}") from e
 
+    resume = _load_checkpoint(storage, job_id, callbacks.scratch)
+    with transaction(db_url) as session:
+        # Epochs after the checkpoint (all of them without one) are trained again: forget their metrics.
+        JobRepository(session).drop_metrics_after(job_id, *((resume.stage, resume.epoch) if resume else (0, 0)))
     try:
-        result = train(base, dataset, recipe, callbacks=callbacks, device=device)
+        result = train(base, dataset, recipe, callbacks=callbacks, device=device, resume=resume)
     except TrainingCancelled:
         return None
 
-    with tempfile.TemporaryDirectory(prefix=f"clipadapt-{job_id}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"clipadapt-{job_id}-", dir=callbacks.scratch) as tmp:
         out = save_artifact(result, Path(tmp) / "artifact")
         packed = pack_artifact(out, Path(tmp) / "artifact.tar.gz", arcname=job_id)
         key = artifact_key(job_id)
@@ -216,8 +331,11 @@ def _train_and_store(
 
     with transaction(db_url) as session:
         repo = JobRepository(session)
-        job = repo.get(job_id)
+        job = repo.get(job_id, for_update=True)
         assert job is not None
+        if job.lease_owner != worker or job.state != JobState.running:
+            log.warning("job %s: finished training but no longer holds the job; result discarded", job_id)
+            return None
         job.resolved_recipe = result.recipe.model_dump(mode="json")
         job.auto_decision = _jsonable(result.auto_decision) if result.auto_decision else None
         job.trainable_params = int(result.trainable_params)
@@ -225,13 +343,40 @@ def _train_and_store(
         job.test_metrics = _jsonable(result.test_metrics) if result.test_metrics else None
         job.artifact_key = key
         repo.set_state(job, JobState.succeeded, "job succeeded")
+    _delete_checkpoint(storage, job_id)
     log.info("job %s succeeded", job_id)
     return JobState.succeeded
 
 
-def _classify(exc: Exception) -> JobFailure:
+def _load_checkpoint(storage: Storage, job_id: str, scratch: Path | None) -> Any:
+    """The job's last checkpoint, or None. An unreadable one is reported and ignored (the job
+    trains from the start rather than failing)."""
+    from core.adapt.trainer import Checkpoint
+
+    key = checkpoint_key(job_id)
+    try:
+        if not storage.exists(key):
+            return None
+        with tempfile.TemporaryDirectory(prefix=f"clipadapt-ckpt-{job_id}-", dir=scratch) as tmp:
+            path = Path(tmp) / "checkpoint.pt"
+            storage.get_file(key, path)
+            return Checkpoint.load(path)
+    except Exception as e:  # noqa: BLE001 - storage errors, truncated or foreign files
+        log.warning("job %s: ignoring unreadable checkpoint %s: %s", job_id, key, e)
+        return None
+
+
+def _delete_checkpoint(storage: Storage, job_id: str) -> None:
+    try:
+        storage.delete(checkpoint_key(job_id))
+    except StorageError as e:  # an orphaned object, not a wrong result
+        log.warning("job %s: checkpoint not deleted: %s", job_id, e)
+
+
+def _classify(exc: BaseException) -> JobFailure:
     from core.adapt.artifact import ArtifactError
     from core.adapt.data import DatasetError
+    from core.adapt.trainer import TrainingDiverged
 
     tail = traceback.format_exception(exc)[-3:]
     if isinstance(exc, DatasetError):
@@ -240,19 +385,30 @@ def _classify(exc: Exception) -> JobFailure:
         return JobFailure("storage_error", str(exc))
     if isinstance(exc, ArtifactError):
         return JobFailure("artifact_error", str(exc))
-    if "out of memory" in str(exc).lower():
-        return JobFailure("out_of_memory", str(exc), {"traceback": tail})
+    if isinstance(exc, TrainingDiverged):
+        return JobFailure("diverged", f"training diverged: {exc}")
+    # torch.cuda.OutOfMemoryError and MPS/CPU allocator failures all say "out of memory".
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return JobFailure(
+            "out_of_memory",
+            f"out of memory: {exc or type(exc).__name__}; try a smaller batch_size or model",
+            {"traceback": tail},
+        )
     if isinstance(exc, ValueError):  # core.adapt reports unusable recipe/data combinations so
         return JobFailure("invalid_request", str(exc), {"traceback": tail})
     return JobFailure("internal_error", f"{type(exc).__name__}: {exc}", {"traceback": tail})
 
 
-def _finish_failed(db_url: str, job_id: str, failure: JobFailure) -> JobState:
+def _finish_failed(db_url: str, storage: Storage, job_id: str, worker: str, failure: JobFailure) -> JobState | None:
     log.error("job %s failed: %s: %s", job_id, failure.code, failure.message)
     error = {"code": failure.code, "message": failure.message, "detail": failure.detail}
     with transaction(db_url) as session:
         repo = JobRepository(session)
-        job = repo.get(job_id)
+        job = repo.get(job_id, for_update=True)
         assert job is not None
+        if job.lease_owner != worker or job.state != JobState.running:
+            log.warning("job %s: failed after losing the job to another worker; not recorded", job_id)
+            return None
         repo.set_state(job, JobState.failed, f"job failed: {failure.message}", error=error)
+    _delete_checkpoint(storage, job_id)
     return JobState.failed

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -31,10 +33,27 @@ def settings(make_settings: Callable[..., Settings], database_url: str) -> Setti
     return make_settings(database_url=database_url)
 
 
+def create_key(settings: Settings, owner: str) -> str:
+    from core.jobs.db import transaction
+    from core.jobs.keys import ApiKeyRepository
+
+    with transaction(settings.resolved_database_url) as session:
+        return ApiKeyRepository(session).create(owner)[1]
+
+
+@contextmanager
+def authed_client(settings: Settings, owner: str = "alice", app: FastAPI | None = None) -> Iterator[TestClient]:
+    """A client of a new app (or ``app``) with a fresh API key of ``owner``; jobs are recorded, not run."""
+    headers = {"Authorization": f"Bearer {create_key(settings, owner)}"}
+    with TestClient(app or create_app(settings), headers=headers) as client:
+        client.app.state.dispatcher = RecordingDispatcher()
+        yield client
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
-        client.app.state.dispatcher = RecordingDispatcher()
+    """A client authenticated as owner "alice" (auth is required by default)."""
+    with authed_client(settings) as client:
         yield client
 
 

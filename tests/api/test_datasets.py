@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from core.jobs.storage import get_storage
 from core.settings import Settings
-from tests.api.conftest import assert_error
+from tests.api.conftest import assert_error, authed_client
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
@@ -54,9 +54,7 @@ def test_invalid_archives_are_refused_with_the_reason(client: TestClient, exampl
 
 
 def test_upload_size_limit(make_settings, database_url: str, example_zip: Path) -> None:
-    from api.main import create_app
-
-    with TestClient(create_app(make_settings(database_url=database_url, max_upload_mb=1))) as client:
+    with authed_client(make_settings(database_url=database_url, max_upload_mb=1)) as client:
         big = b"\0" * (1024 * 1024 + 1)
         assert_error(client.post("/datasets", files={"file": ("big.zip", big)}), 413, "upload_too_large")
         assert client.post("/datasets", files={"file": ("d.zip", example_zip.read_bytes())}).status_code == 201

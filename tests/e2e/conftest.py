@@ -13,13 +13,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REDIS_URL, REPO, require_service
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def create_key_with_cli(env: dict[str, str], owner: str = "e2e") -> str:
+    """`clipadapt keys create --owner OWNER --json`, as an operator runs it; returns the key."""
+    import json
+
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "clipadapt"), "keys", "create", "--owner", owner, "--json"],
+        cwd=REPO, env=os.environ | env, check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout)["key"]
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
@@ -37,10 +48,14 @@ class Processes:
         self.logs = logs
         self.running: list[tuple[subprocess.Popen, Path]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    def start(
+        self, name: str, cmd: list[str], env: dict[str, str], *, new_session: bool = False
+    ) -> tuple[subprocess.Popen, Path]:
+        """Start ``cmd``; ``new_session`` makes it a process group a test can kill whole."""
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ | env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ | env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=new_session)
         self.running.append((proc, log))
         return proc, log
 
@@ -77,3 +92,19 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield procs
     finally:
         procs.stop()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+        error = None
+    except redis.RedisError as e:
+        error = e
+    finally:
+        client.close()
+    require_service("Redis", error)
+    return REDIS_URL

@@ -11,25 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REDIS_URL, require_service
-from tests.e2e.conftest import Processes
+from tests.e2e.conftest import Processes, create_key_with_cli
 from tests.e2e.flow import cancel_running_job, upload_train_predict
-
-
-@pytest.fixture
-def redis_url() -> str:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-        error = None
-    except redis.RedisError as e:
-        error = e
-    finally:
-        client.close()
-    require_service("Redis", error)
-    return REDIS_URL
 
 
 @pytest.fixture
@@ -77,8 +60,10 @@ def test_celery_deployment_flow(
         common | {"CLIPADAPT_DATA_DIR": str(tmp_path / "worker-data")},
     )
     url = processes.api(common | {"CLIPADAPT_DATA_DIR": str(tmp_path / "api-data")})
+    key = create_key_with_cli(common)
 
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"}) as client:
+        assert httpx.get(f"{url}/jobs").status_code == 401  # a deployment requires keys
         ready = client.get("/readyz").json()
         assert ready["status"] == "ok" and queue in ready["checks"]["broker"], ready
         assert "S3Storage" in ready["checks"]["storage"]

@@ -54,3 +54,11 @@ def test_env_example_and_docs_list_exactly_the_settings() -> None:
     assert env_vars == SETTING_VARS
     docs = (REPO / "README.md").read_text()
     assert set(re.findall(r"`(CLIPADAPT_[A-Z0-9_]+)`", docs)) >= SETTING_VARS
+
+
+def test_the_deployed_api_requires_keys(compose: dict) -> None:
+    api = compose["services"]["api"]["environment"]
+    assert api["CLIPADAPT_AUTH"] == "required"
+    assert compose["services"]["worker"]["environment"]["CLIPADAPT_AUTH"] == "required"
+    # The API listens on every interface in its container, which only auth=required allows.
+    Settings(auth=api["CLIPADAPT_AUTH"], bind_host=api["CLIPADAPT_BIND_HOST"])

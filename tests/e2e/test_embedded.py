@@ -15,7 +15,9 @@ from tests.e2e.flow import cancel_running_job, upload_train_predict
 
 
 def test_embedded_flow_stays_responsive(processes: Processes, tmp_path: Path, example_zip: Path) -> None:
-    env = {"CLIPADAPT_DATA_DIR": str(tmp_path / "data"), "CLIPADAPT_DEVICE": "cpu", "CLIPADAPT_TORCH_THREADS": "1"}
+    # As `make serve` runs it: on 127.0.0.1 without API keys.
+    env = {"CLIPADAPT_DATA_DIR": str(tmp_path / "data"), "CLIPADAPT_DEVICE": "cpu", "CLIPADAPT_TORCH_THREADS": "1",
+           "CLIPADAPT_AUTH": "disabled"}
     migrate(Settings(data_dir=tmp_path / "data").resolved_database_url)
     url = processes.api(env)
 

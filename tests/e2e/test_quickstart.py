@@ -24,7 +24,8 @@ def _client_block() -> str:
 def test_quick_start_runs_as_written(processes: Processes, tmp_path: Path) -> None:
     data = tmp_path / "data"
     migrate(Settings(data_dir=data).resolved_database_url)  # what `make serve` does before uvicorn
-    url = processes.api({"CLIPADAPT_DATA_DIR": str(data), "CLIPADAPT_TORCH_THREADS": "1"})
+    # `make serve` serves on 127.0.0.1 without API keys.
+    url = processes.api({"CLIPADAPT_DATA_DIR": str(data), "CLIPADAPT_TORCH_THREADS": "1", "CLIPADAPT_AUTH": "disabled"})
 
     work = tmp_path / "work"  # the commands write files into the current directory
     work.mkdir()

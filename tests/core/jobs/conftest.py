@@ -25,7 +25,7 @@ def settings(make_settings: Callable[..., Settings], database_url: str) -> Setti
 @pytest.fixture
 def dataset_id(settings: Settings, example_zip: Path) -> str:
     with get_sessionmaker(settings.resolved_database_url)() as session:
-        dataset = create_dataset(session, get_storage(settings), example_zip, filename="digits.zip")
+        dataset = create_dataset(session, get_storage(settings), example_zip, filename="digits.zip", owner="alice")
     return dataset.id
 
 
@@ -34,6 +34,7 @@ def add_job(settings: Settings, dataset_id: str) -> Callable[..., str]:
     def add(recipe: dict[str, Any] | None = None, **fields: Any) -> str:
         entry = load_catalog()["clipadapt-tiny"]
         values = {
+            "owner": "alice",
             "dataset_id": dataset_id,
             "base_model": entry.name,
             "base_model_spec": entry.spec(),

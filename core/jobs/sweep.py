@@ -1,0 +1,82 @@
+"""The lease sweep: jobs whose worker died are re-queued and dispatched again (or failed once they
+have used their attempts). Every Celery worker and the API run one; running it twice at once is
+harmless, since re-queueing is a conditional update of the job row.
+
+The broker's own redelivery is not relied on: a long job would need a visibility timeout longer
+than the job, and would then wait that long after a crash. The lease expires within
+``job_lease_s`` of the worker's death instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from core.jobs.db import transaction
+from core.jobs.files import checkpoint_key
+from core.jobs.models import JobState
+from core.jobs.repository import JobRepository
+from core.jobs.storage import StorageError, get_storage
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def sweep_expired_leases(settings: Settings, submit: Callable[[str], None]) -> dict[str, JobState]:
+    """Re-queue and ``submit`` every job whose lease expired; fail those out of attempts.
+
+    ``submit`` runs before the re-queue commits: if it raises, the job stays as it was and the
+    next sweep tries again, so a job is never left queued without a dispatch.
+    """
+    db_url = settings.resolved_database_url
+    with transaction(db_url) as session:
+        expired = JobRepository(session).expired_leases()
+    outcome: dict[str, JobState] = {}
+    for job_id in expired:
+        try:
+            with transaction(db_url) as session:
+                state = JobRepository(session).requeue_abandoned(
+                    job_id, reason="its worker stopped renewing the lease", max_attempts=settings.job_max_attempts
+                )
+                if state == JobState.queued:
+                    submit(job_id)
+        except Exception as e:  # noqa: BLE001 - one job's trouble must not stop the sweep
+            log.warning("sweep: job %s not re-queued this time: %s", job_id, e)
+            continue
+        if state is None:
+            continue
+        outcome[job_id] = state
+        log.warning("sweep: job %s abandoned by its worker: %s", job_id, state)
+        if state == JobState.failed:
+            try:
+                get_storage(settings).delete(checkpoint_key(job_id))
+            except StorageError as e:
+                log.warning("sweep: checkpoint of job %s not deleted: %s", job_id, e)
+    return outcome
+
+
+class Sweeper:
+    """Runs the sweep every ``settings.sweep_every_s`` in a daemon thread."""
+
+    def __init__(self, settings: Settings, submit: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.submit = submit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-sweep", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_every_s):
+            try:
+                sweep_expired_leases(self.settings, self.submit)
+            except Exception:  # noqa: BLE001 - database away: try again next period
+                log.exception("lease sweep failed")
