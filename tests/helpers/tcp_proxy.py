@@ -1,4 +1,5 @@
-"""A TCP forwarder that can start listening late: a database that "comes up" after its clients."""
+"""A TCP forwarder that can start listening late (a database that comes up after its clients) and
+drop every connection (a broker that goes away and comes back)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ class DelayedProxy:
             self.port = probe.getsockname()[1]
         self._server: socket.socket | None = None
         self._closed = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
 
     def open(self) -> None:
+        self._closed.clear()
         server = socket.socket()
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("127.0.0.1", self.port))
@@ -45,6 +49,8 @@ class DelayedProxy:
                 client.close()
                 continue
             upstream.settimeout(None)
+            with self._lock:
+                self._sockets |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -63,6 +69,16 @@ class DelayedProxy:
                     pass
 
     def close(self) -> None:
+        """Stop listening and cut every open connection (clients see the peer go away)."""
         self._closed.set()
         if self._server is not None:
             self._server.close()
+            self._server = None
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()

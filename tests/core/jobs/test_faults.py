@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from core.jobs.db import transaction
+from core.jobs.dispatch import EmbeddedRunner
 from core.jobs.files import checkpoint_key
 from core.jobs.models import JobState
 from core.jobs.repository import JobRepository
@@ -157,3 +158,53 @@ def test_wait_for_database_retries_until_it_is_up(postgres_url: str, caplog: pyt
     never = url.set(port=DelayedProxy((url.host, 1)).port).render_as_string(hide_password=False)
     with pytest.raises(Exception, match="refused|connect"):
         wait_for_database(never, timeout=0.5, first_delay=0.1)  # gives up after its timeout
+
+
+class _RecordingRunner(EmbeddedRunner):
+    """The embedded runner, recording the ids it is given instead of starting training processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.submitted: list[str] = []
+
+    def submit(self, job_id: str) -> None:
+        self.submitted.append(job_id)
+
+
+def test_embedded_runner_restart_requeues_and_resubmits(settings: Settings, add_job: Callable[..., str]) -> None:
+    from datetime import timedelta
+
+    running, queued = add_job(), add_job()
+    with transaction(settings.resolved_database_url) as session:  # the previous API process died mid-job
+        JobRepository(session).claim(running, worker="old-api", lease=timedelta(minutes=5), max_attempts=3)
+    runner = _RecordingRunner(settings)
+    try:
+        runner.recover()
+    finally:
+        runner.close()
+    assert sorted(runner.submitted) == sorted([running, queued])
+    job, _, events = _job(settings, running)
+    assert job.state == JobState.queued and job.lease_owner is None
+    assert events[-1].message == "runner restarted; re-queued"
+
+
+def test_embedded_training_process_that_keeps_dying_fails_after_max_attempts(
+    make_settings: Callable[..., Settings], database_url: str, add_job: Callable[..., str]
+) -> None:
+    from datetime import timedelta
+
+    settings = make_settings(database_url=database_url, job_max_attempts=2)
+    job_id = add_job()
+    runner = _RecordingRunner(settings)
+    try:
+        for attempt in (1, 2):
+            with transaction(settings.resolved_database_url) as session:
+                assert JobRepository(session).claim(job_id, worker=f"child-{attempt}", lease=timedelta(minutes=5),
+                                                    max_attempts=2)
+            runner._mark_crashed(job_id, -9)  # the OOM killer, say
+    finally:
+        runner.close()
+    assert runner.submitted == [job_id]  # re-queued once, then given up
+    job, _, _ = _job(settings, job_id)
+    assert job.state == JobState.failed and job.attempts == 2
+    assert job.error["code"] == "too_many_attempts" and "killed by signal 9" in job.error["message"]
