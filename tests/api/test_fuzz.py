@@ -37,7 +37,7 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory, example_zip: Path) -> 
         yield client, key
 
 
-OPERATION_EXAMPLES = 15  # per operation and mode: ~400 requests, ~20 s on two cores
+OPERATION_EXAMPLES = 40  # per operation and mode: ~1000 requests, ~15 s on two cores
 
 
 def test_no_server_errors_and_responses_match_the_schema(fuzz_target: tuple[TestClient, str]) -> None:
@@ -63,4 +63,4 @@ def test_no_server_errors_and_responses_match_the_schema(fuzz_target: tuple[Test
                 fuzz()
             except Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE, operation.label  # nothing to get wrong (no input)
-    assert sum(statuses.values()) >= 150 and all(code < 500 for code in statuses)
+    assert sum(statuses.values()) >= 500 and all(code < 500 for code in statuses)
