@@ -15,6 +15,9 @@ from core.jobs.storage import StorageError
 
 router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
 
+MAX_ZERO_SHOT_CLASSES = 1000
+MAX_CLASSNAME_CHARS = 200
+
 
 def _parse_classnames(values: list[str] | None) -> list[str]:
     """Repeated form fields, or one field holding a JSON list or comma-separated names."""
@@ -35,6 +38,11 @@ def _parse_classnames(values: list[str] | None) -> list[str]:
     names = [v.strip() for v in values]
     if any(not n for n in names):
         raise field_error("classnames", "class names must not be empty", values)
+    # Each name runs the text tower 80 times (the template ensemble): bound the work one request asks for.
+    if len(names) > MAX_ZERO_SHOT_CLASSES:
+        raise field_error("classnames", f"at most {MAX_ZERO_SHOT_CLASSES} class names", len(names))
+    if any(len(n) > MAX_CLASSNAME_CHARS for n in names):
+        raise field_error("classnames", f"class names have at most {MAX_CLASSNAME_CHARS} characters")
     if len(set(names)) != len(names):
         raise field_error("classnames", "class names must be unique", names)
     return names

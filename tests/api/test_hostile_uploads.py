@@ -232,3 +232,15 @@ def test_predict_body_over_the_limit_and_unknown_models(limited) -> None:
     assert_error(client.post("/predict", data={"job_id": "nope"}, files=files), 422, "validation_error")
     ok = client.post("/predict", data=PREDICT, files=files)
     assert ok.status_code == 200, ok.text
+
+
+def test_zero_shot_work_per_request_is_bounded(limited) -> None:
+    client, _ = limited
+    files = [("images", ("x.png", _png()))]
+    many = ",".join(f"class {i}" for i in range(1001))
+    error = assert_error(client.post("/predict", data={"base_model": "clipadapt-tiny", "classnames": many}, files=files),
+                         422, "validation_error")
+    assert "at most 1000 class names" in error["message"]
+    long = "a," + "b" * 201
+    assert_error(client.post("/predict", data={"base_model": "clipadapt-tiny", "classnames": long}, files=files),
+                 422, "validation_error")
