@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         4, ge=1, description="Loaded models (base and fine-tuned) kept in memory for /predict."
     )
+    predict_batch_size: int = Field(
+        32, ge=1, description="On a GPU, most images of concurrent /predict requests run together (1: no batching)."
+    )
+    predict_max_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="On a GPU, how long a /predict request waits for others to join its batch."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
     # ----------------------------------------------------------------------------- access

@@ -80,12 +80,16 @@ class Splits:
 # --------------------------------------------------------------------------------------- images
 
 
+# Pillow formats decoded for datasets and predictions; the rest of Pillow's decoders stay unreachable.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+
+
 def _open(source: str | Path | IO[bytes], name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
+            with Image.open(source, formats=IMAGE_FORMATS) as img:
                 img.load()  # decode now so truncated files fail here, not inside a DataLoader
                 return img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -20,9 +20,6 @@ from core.jobs.storage import get_storage
 from core.settings import Settings
 
 
-# Formats /predict decodes; anything else is refused before a decoder runs.
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
-
 
 class ImageTooLarge(ValueError):
     """An image over the pixel limit."""
@@ -101,7 +98,7 @@ class PredictionService:
             from core.adapt.predictor import Predictor
 
             folder = local_artifact(get_storage(self.settings), artifact_key, self.settings.cache_dir, job_id)
-            return Predictor(load_artifact(folder, self.base_model(spec)), device=self.device)
+            return self._serving(Predictor(load_artifact(folder, self.base_model(spec)), device=self.device))
 
         return self.predictors.get(("job", job_id), build)
 
@@ -111,9 +108,17 @@ class PredictionService:
         def build() -> Any:
             from core.adapt.predictor import Predictor, zero_shot_model
 
-            return Predictor(zero_shot_model(self.base_model(spec), classnames), device=self.device)
+            return self._serving(Predictor(zero_shot_model(self.base_model(spec), classnames), device=self.device))
 
         return self.predictors.get(("zero-shot", json.dumps(spec, sort_keys=True), tuple(classnames)), build)
+
+    def _serving(self, predictor: Any) -> Any:
+        """On a GPU, concurrent requests share forward passes; on a CPU batching does not pay."""
+        from core.adapt.predictor import BatchingPredictor
+
+        if not self.device.startswith("cuda") or self.settings.predict_batch_size <= 1:
+            return predictor
+        return BatchingPredictor(predictor, self.settings.predict_batch_size, self.settings.predict_max_wait_ms)
 
     @staticmethod
     def open_images(files: list[tuple[str, IO[bytes]]], *, max_pixels: int | None = None) -> list[Any]:
@@ -122,7 +127,7 @@ class PredictionService:
         naming the file."""
         from PIL import Image, UnidentifiedImageError
 
-        from core.adapt.data import DatasetError, open_image
+        from core.adapt.data import IMAGE_FORMATS, DatasetError, open_image
 
         images = []
         for name, file in files:

@@ -433,3 +433,13 @@ def test_cache_respects_max_bytes(tmp_path):
         img = cache.get(p)
         assert img.mode == "RGB" and img.size == (20, 10)
     assert cache.nbytes == 2 * 20 * 10 * 3
+
+
+def test_image_formats_outside_the_allowlist_are_refused(tmp_path):
+    """Pillow can decode dozens of formats; datasets and predictions only reach the common ones."""
+    from PIL import Image
+
+    path = tmp_path / "picture.png"  # the extension is allowed, the content (Netpbm) is not
+    Image.new("RGB", (8, 8)).save(path, format="PPM")
+    with pytest.raises(DatasetError, match="picture.png"):
+        open_image(path)
