@@ -9,6 +9,7 @@ token never attend to the padding after it, so the result equals the full 77-tok
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +251,7 @@ class Compacter(nn.Module):
         return x + self.up(self.act(self.down(x)))
 
 
-def inject_after_mlp(clip: nn.Module, make: callable) -> None:
+def inject_after_mlp(clip: nn.Module, make: Callable[[], nn.Module]) -> None:
     """Append a module after the feed-forward layer of every text-encoder block (Houlsby et al.).
 
     open_clip's block MLP is an nn.Sequential, so the module simply becomes its last element; the
