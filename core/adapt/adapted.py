@@ -7,6 +7,7 @@ whose tuned parameters stay in the model and initialize the method's stage.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -98,8 +99,6 @@ def build_adapted(clip: nn.Module, recipe: RecipeBase, classnames: list[str], to
 def count_trainable(clip: nn.Module, recipe: RecipeBase, num_classes: int, tokenizer, preprocess: dict) -> int:
     """Parameters a recipe trains on this architecture (all stages), without training. The model is
     built on a copy, so `clip` is left as it was."""
-    import copy
-
     model, trained = build_adapted(copy.deepcopy(clip), recipe, [f"class {i}" for i in range(num_classes)], tokenizer, preprocess)
     params = dict(model.named_parameters())
     return sum(params[name].numel() for name in trained)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from core.jobs.db import transaction
 from core.jobs.files import archive_limits, artifact_key, checkpoint_key, local_dataset, pack_artifact
-from core.jobs.models import JobMetric, JobState
+from core.jobs.models import Job, JobMetric, JobState
 from core.jobs.repository import JobRepository
 from core.jobs.storage import Storage, StorageError, get_storage
 from core.settings import Settings, get_settings
@@ -205,6 +205,16 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+def _held_job(repo: JobRepository, job_id: str, worker: str, otherwise: str) -> Job | None:
+    """The job row, locked, if this worker still holds its lease; else None (logging `otherwise`)."""
+    job = repo.get(job_id, for_update=True)
+    assert job is not None
+    if job.lease_owner != worker or job.state != JobState.running:
+        log.warning("job %s: %s", job_id, otherwise)
+        return None
+    return job
+
+
 def run_job(
     job_id: str, *, settings: Settings | None = None, interrupt: threading.Event | None = None
 ) -> JobState | None:
@@ -256,10 +266,8 @@ def run_job(
     # Stopped: by a user's cancel, by shutdown (re-queued), or because the lease was lost.
     with transaction(db_url) as session:
         repo = JobRepository(session)
-        job = repo.get(job_id, for_update=True)
-        assert job is not None
-        if job.lease_owner != worker or job.state != JobState.running:
-            log.warning("job %s: this worker no longer holds it; leaving it alone", job_id)
+        job = _held_job(repo, job_id, worker, "this worker no longer holds it; leaving it alone")
+        if job is None:
             return None
         if job.cancel_requested_at is not None:
             repo.set_state(job, JobState.cancelled, "job cancelled")
@@ -331,10 +339,8 @@ def _train_and_store(
 
     with transaction(db_url) as session:
         repo = JobRepository(session)
-        job = repo.get(job_id, for_update=True)
-        assert job is not None
-        if job.lease_owner != worker or job.state != JobState.running:
-            log.warning("job %s: finished training but no longer holds the job; result discarded", job_id)
+        job = _held_job(repo, job_id, worker, "finished training but no longer holds the job; result discarded")
+        if job is None:
             return None
         job.resolved_recipe = result.recipe.model_dump(mode="json")
         job.auto_decision = _jsonable(result.auto_decision) if result.auto_decision else None
@@ -404,10 +410,8 @@ def _finish_failed(db_url: str, storage: Storage, job_id: str, worker: str, fail
     error = {"code": failure.code, "message": failure.message, "detail": failure.detail}
     with transaction(db_url) as session:
         repo = JobRepository(session)
-        job = repo.get(job_id, for_update=True)
-        assert job is not None
-        if job.lease_owner != worker or job.state != JobState.running:
-            log.warning("job %s: failed after losing the job to another worker; not recorded", job_id)
+        job = _held_job(repo, job_id, worker, "failed after losing the job to another worker; not recorded")
+        if job is None:
             return None
         repo.set_state(job, JobState.failed, f"job failed: {failure.message}", error=error)
     _delete_checkpoint(storage, job_id)
