@@ -14,7 +14,7 @@ from api.routes import datasets, health, jobs, models, predict
 from api.uploads import FORM_OVERHEAD, MiB, BodyLimitMiddleware
 from core.jobs.dispatch import EmbeddedRunner, dispatcher_from_settings
 from core.jobs.predict import PredictionService
-from core.jobs.sweep import Sweeper
+from core.jobs.recovery import RecoveryLoop
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("api")
@@ -50,11 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("authentication required: API keys from `clipadapt keys create --owner NAME`")
         if isinstance(dispatcher, EmbeddedRunner):
             dispatcher.recover()
-        sweeper = Sweeper(settings, dispatcher.submit).start()
+        recovery = RecoveryLoop(settings, dispatcher.submit).start()
         try:
             yield
         finally:
-            sweeper.stop()
+            recovery.stop()
             dispatcher.close()
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

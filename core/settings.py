@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -116,8 +116,12 @@ class Settings(BaseSettings):
         description="Save a resumable training checkpoint to storage after an epoch at most this often "
         "(0: after every epoch).",
     )
-    sweep_every_s: float = Field(
-        30.0, gt=0, description="How often workers and the API look for jobs whose lease expired."
+    recovery_every_s: float = Field(
+        30.0,
+        gt=0,
+        # The old name is still read: deployments set it before "sweep" came to mean hyperparameter sweeps.
+        validation_alias=AliasChoices("CLIPADAPT_RECOVERY_EVERY_S", "CLIPADAPT_SWEEP_EVERY_S", "recovery_every_s"),
+        description="How often workers and the API look for jobs whose lease expired.",
     )
 
     @field_validator("database_url")

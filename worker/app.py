@@ -6,7 +6,7 @@ they finish (``acks_late``) and returned to the queue if the worker process dies
 one job, and a long job does not hold others hostage in a busy worker's prefetch buffer.
 
 A worker waits for the database before it consumes anything (retrying with backoff), and runs the
-lease sweep (core.jobs.sweep): a job whose worker died, machine and all, is re-queued once its lease
+job recovery loop (core.jobs.recovery): a job whose worker died, machine and all, is re-queued once its lease
 expires and resumes on another worker from its last checkpoint.
 """
 
@@ -19,7 +19,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 
 from core.jobs.db import wait_for_database
 from core.jobs.dispatch import RUN_JOB_TASK
-from core.jobs.sweep import Sweeper
+from core.jobs.recovery import RecoveryLoop
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def create_celery() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        # Redis would redeliver an unacknowledged task after this long; the lease sweep re-queues a
+        # Redis would redeliver an unacknowledged task after this long; the recovery loop re-queues a
         # dead worker's job long before that. A copy delivered later is skipped by run_job's claim.
         broker_transport_options={"visibility_timeout": 6 * 3600},
         broker_connection_retry=True,
@@ -67,22 +67,22 @@ def _wait_for_database(**_: object) -> None:
     wait_for_database(get_settings().resolved_database_url)
 
 
-_sweeper: Sweeper | None = None
+_recovery: RecoveryLoop | None = None
 
 
 @worker_ready.connect
-def _start_sweeper(**_: object) -> None:
-    global _sweeper
+def _start_recovery(**_: object) -> None:
+    global _recovery
     settings = get_settings()
 
     def submit(job_id: str) -> None:
         app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.job_queue)
 
-    _sweeper = Sweeper(settings, submit).start()
-    log.info("lease sweep every %.0fs", settings.sweep_every_s)
+    _recovery = RecoveryLoop(settings, submit).start()
+    log.info("job recovery every %.0fs", settings.recovery_every_s)
 
 
 @worker_shutdown.connect
-def _stop_sweeper(**_: object) -> None:
-    if _sweeper is not None:
-        _sweeper.stop()
+def _stop_recovery(**_: object) -> None:
+    if _recovery is not None:
+        _recovery.stop()

@@ -101,7 +101,7 @@ class JobRepository:
         """Atomically move a job to running under a lease held by ``worker``.
 
         A queued job can be claimed; so can a running one whose lease expired (its worker died and
-        the task came back before a sweep re-queued it) while it has attempts left. Two claims of
+        the task came back before the recovery loop re-queued it) while it has attempts left. Two claims of
         the same job never both succeed: the update is conditional on the row's current values.
         """
         now = utcnow()

@@ -3,8 +3,8 @@
 The job row is the source of truth. run_job claims the row (queued -> running) under a lease that a
 heartbeat thread renews, writes progress and per-epoch metrics as training goes, saves a resumable
 checkpoint to storage every ``checkpoint_every_s``, stores the artifact, and only then marks the job
-succeeded. A job whose worker died (its lease expired) is re-queued by a sweep
-(``core.jobs.sweep``) and the next attempt resumes from the last checkpoint. A worker that lost its
+succeeded. A job whose worker died (its lease expired) is re-queued by the recovery loop
+(``core.jobs.recovery``) and the next attempt resumes from the last checkpoint. A worker that lost its
 lease stops and writes nothing more. Failures become a structured ``error`` on the row; run_job
 itself does not raise for job errors.
 """
@@ -255,8 +255,8 @@ def run_job(
             return _finish_failed(db_url, storage, job_id, worker, failure)
         except OperationalError:
             # The database went away: nothing can be recorded, and the job is not at fault. Its
-            # lease runs out and the sweep re-queues it; the next attempt resumes from the checkpoint.
-            log.exception("job %s: database unreachable; leaving the job to the lease sweep", job_id)
+            # lease runs out and the recovery loop re-queues it; the next attempt resumes from the checkpoint.
+            log.exception("job %s: database unreachable; leaving the job to the recovery loop", job_id)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must end up on the job row
             return _finish_failed(db_url, storage, job_id, worker, _classify(exc))

@@ -1,5 +1,5 @@
 """A Celery worker killed with SIGKILL mid-training (the machine vanished): its lease expires, the
-lease sweep re-queues the job, and a second worker, started before the database is reachable,
+recovery loop re-queues the job, and a second worker, started before the database is reachable,
 resumes it from its last epoch checkpoint and finishes it."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_sigkilled_worker_job_is_resumed_by_another_worker(
         "CLIPADAPT_TORCH_THREADS": "1",
         "CLIPADAPT_CHECKPOINT_EVERY_S": "0",
         "CLIPADAPT_JOB_LEASE_S": "3",
-        "CLIPADAPT_SWEEP_EVERY_S": "1",
+        "CLIPADAPT_RECOVERY_EVERY_S": "1",
     }
     settings = Settings(data_dir=tmp_path / "client", database_url=postgres_url, broker_url=redis_url,
                         job_queue=queue, storage_url=env["CLIPADAPT_STORAGE_URL"])

@@ -73,7 +73,7 @@ def test_interrupted_job_resumes_from_its_last_checkpoint(settings: Settings, ad
 def test_a_worker_that_loses_its_lease_stops_and_writes_nothing(settings: Settings, add_job: Callable[..., str]) -> None:
     job_id = add_job(SLOW)
     thread, result = _start(settings, job_id)
-    with transaction(settings.resolved_database_url) as session:  # a sweep gave the job to another worker
+    with transaction(settings.resolved_database_url) as session:  # the recovery loop gave the job to another worker
         JobRepository(session).get(job_id).lease_owner = "another-worker"
     thread.join(30)
     assert not thread.is_alive()

@@ -67,10 +67,10 @@ def test_claim_is_exclusive_while_the_lease_holds(settings: Settings, add_job: C
     assert events == ["queued", "running", "running"]
 
 
-def test_sweep_requeues_abandoned_jobs_then_fails_them_after_max_attempts(
+def test_recovery_requeues_abandoned_jobs_then_fails_them_after_max_attempts(
     make_settings: Callable[..., Settings], database_url: str, add_job: Callable[..., str]
 ) -> None:
-    from core.jobs.sweep import sweep_expired_leases
+    from core.jobs.recovery import requeue_expired_leases
 
     settings = make_settings(database_url=database_url, job_max_attempts=2)
     url = settings.resolved_database_url
@@ -81,9 +81,9 @@ def test_sweep_requeues_abandoned_jobs_then_fails_them_after_max_attempts(
     for attempt in (1, 2):
         with transaction(url) as session:
             assert _claim(session, job_id, f"w{attempt}", max_attempts=2)
-        assert sweep_expired_leases(settings, submitted.append) == {}  # the lease still holds
+        assert requeue_expired_leases(settings, submitted.append) == {}  # the lease still holds
         _expire(url, job_id)
-        outcome = sweep_expired_leases(settings, submitted.append)
+        outcome = requeue_expired_leases(settings, submitted.append)
         assert outcome == {job_id: JobState.queued if attempt == 1 else JobState.failed}
     assert submitted == [job_id]  # dispatched again once, then given up
     with transaction(url) as session:
@@ -96,11 +96,11 @@ def test_sweep_requeues_abandoned_jobs_then_fails_them_after_max_attempts(
     assert any("re-queued (attempt 1 of 2 used)" in m for m in messages)
 
 
-def test_a_failed_dispatch_leaves_the_job_for_the_next_sweep(
+def test_a_failed_dispatch_leaves_the_job_for_the_next_recovery_pass(
     settings: Settings, add_job: Callable[..., str]
 ) -> None:
     from core.jobs.dispatch import DispatchError
-    from core.jobs.sweep import sweep_expired_leases
+    from core.jobs.recovery import requeue_expired_leases
 
     url = settings.resolved_database_url
     job_id = add_job()
@@ -111,10 +111,10 @@ def test_a_failed_dispatch_leaves_the_job_for_the_next_sweep(
     def broker_down(_: str) -> None:
         raise DispatchError("broker down")
 
-    assert sweep_expired_leases(settings, broker_down) == {}
+    assert requeue_expired_leases(settings, broker_down) == {}
     with transaction(url) as session:
         assert JobRepository(session).get(job_id).state == JobState.running  # not silently queued
-    assert sweep_expired_leases(settings, lambda _: None) == {job_id: JobState.queued}
+    assert requeue_expired_leases(settings, lambda _: None) == {job_id: JobState.queued}
 
 
 def test_cancel_queued_is_immediate_running_is_requested(

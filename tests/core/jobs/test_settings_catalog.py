@@ -34,6 +34,13 @@ def test_defaults_are_one_local_data_directory(tmp_path: Path) -> None:
     assert Settings.model_validate({k.removeprefix("CLIPADAPT_").lower(): v for k, v in env.items()}) == settings
 
 
+@pytest.mark.parametrize("variable", ["CLIPADAPT_RECOVERY_EVERY_S", "CLIPADAPT_SWEEP_EVERY_S"])
+def test_recovery_period_reads_its_old_name_too(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "7")
+    assert Settings().recovery_every_s == 7
+    assert Settings(recovery_every_s=3).recovery_every_s == 3
+
+
 def test_default_catalog_has_an_offline_model() -> None:
     catalog = load_catalog()
     tiny = catalog["clipadapt-tiny"]

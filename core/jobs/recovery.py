@@ -1,5 +1,5 @@
-"""The lease sweep: jobs whose worker died are re-queued and dispatched again (or failed once they
-have used their attempts). Every Celery worker and the API run one; running it twice at once is
+"""Recovery: jobs whose worker died are re-queued and dispatched again (or failed once they have
+used their attempts). Every Celery worker and the API run the loop; running it twice at once is
 harmless, since re-queueing is a conditional update of the job row.
 
 The broker's own redelivery is not relied on: a long job would need a visibility timeout longer
@@ -23,11 +23,11 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def sweep_expired_leases(settings: Settings, submit: Callable[[str], None]) -> dict[str, JobState]:
+def requeue_expired_leases(settings: Settings, submit: Callable[[str], None]) -> dict[str, JobState]:
     """Re-queue and ``submit`` every job whose lease expired; fail those out of attempts.
 
     ``submit`` runs before the re-queue commits: if it raises, the job stays as it was and the
-    next sweep tries again, so a job is never left queued without a dispatch.
+    next pass tries again, so a job is never left queued without a dispatch.
     """
     db_url = settings.resolved_database_url
     with transaction(db_url) as session:
@@ -41,31 +41,31 @@ def sweep_expired_leases(settings: Settings, submit: Callable[[str], None]) -> d
                 )
                 if state == JobState.queued:
                     submit(job_id)
-        except Exception as e:  # noqa: BLE001 - one job's trouble must not stop the sweep
-            log.warning("sweep: job %s not re-queued this time: %s", job_id, e)
+        except Exception as e:  # noqa: BLE001 - one job's trouble must not stop the others
+            log.warning("recovery: job %s not re-queued this time: %s", job_id, e)
             continue
         if state is None:
             continue
         outcome[job_id] = state
-        log.warning("sweep: job %s abandoned by its worker: %s", job_id, state)
+        log.warning("recovery: job %s abandoned by its worker: %s", job_id, state)
         if state == JobState.failed:
             try:
                 get_storage(settings).delete(checkpoint_key(job_id))
             except StorageError as e:
-                log.warning("sweep: checkpoint of job %s not deleted: %s", job_id, e)
+                log.warning("recovery: checkpoint of job %s not deleted: %s", job_id, e)
     return outcome
 
 
-class Sweeper:
-    """Runs the sweep every ``settings.sweep_every_s`` in a daemon thread."""
+class RecoveryLoop:
+    """Runs the recovery every ``settings.recovery_every_s`` in a daemon thread."""
 
     def __init__(self, settings: Settings, submit: Callable[[str], None]) -> None:
         self.settings = settings
         self.submit = submit
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lease-sweep", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="job-recovery", daemon=True)
 
-    def start(self) -> Sweeper:
+    def start(self) -> RecoveryLoop:
         self._thread.start()
         return self
 
@@ -75,8 +75,8 @@ class Sweeper:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.sweep_every_s):
+        while not self._stop.wait(self.settings.recovery_every_s):
             try:
-                sweep_expired_leases(self.settings, self.submit)
+                requeue_expired_leases(self.settings, self.submit)
             except Exception:  # noqa: BLE001 - database away: try again next period
-                log.exception("lease sweep failed")
+                log.exception("job recovery failed")
