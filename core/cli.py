@@ -19,6 +19,22 @@ app = typer.Typer(help="Adapt CLIP models to image classification (methods of 'H
 
 app.add_typer(keys_app, name="keys")  # the service's API keys
 
+storage_app = typer.Typer(help="The service's object storage (CLIPADAPT_STORAGE_URL and CLIPADAPT_S3_* settings).",
+                          no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
+
+
+@storage_app.command("init")
+def storage_init() -> None:
+    """Create the storage directory or S3 bucket if it is missing (docker-compose.yml runs this once)."""
+    from core.jobs.storage import StorageError, storage_from_settings
+    from core.settings import get_settings
+
+    try:
+        typer.echo(storage_from_settings(get_settings()).init())
+    except (StorageError, ValueError) as e:
+        fail(str(e))
+
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="open_clip architecture, e.g. ViT-B-16, or hf-hub:org/repo.")]
 ModelConfigOpt = Annotated[Optional[Path], typer.Option("--model-config", help="open_clip model-config JSON file.")]
 PretrainedOpt = Annotated[Optional[str], typer.Option("--pretrained", help="open_clip tag (e.g. openai) or a local weights file; omit for random weights.")]

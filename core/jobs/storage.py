@@ -28,6 +28,9 @@ class Storage(Protocol):
     def check(self) -> None:
         """Raise StorageError unless the store is reachable and writable."""
         ...
+    def init(self) -> str:
+        """Create the directory or bucket if it is missing; return what was done."""
+        ...
 
 
 def _check_key(key: str) -> str:
@@ -78,6 +81,12 @@ class LocalStorage:
                 pass
         except OSError as e:
             raise StorageError(f"local storage {self.root} is not writable: {e}") from e
+
+    def init(self) -> str:
+        existed = self.root.is_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.check()
+        return f"{self.root} {'exists' if existed else 'created'}"
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -153,6 +162,25 @@ class S3Storage:
             self.client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as e:
             raise StorageError(f"bucket s3://{self.bucket} is not reachable: {e}") from e
+
+    def init(self) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return f"s3://{self.bucket} exists"
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageError(f"bucket s3://{self.bucket} is not reachable: {e}") from e
+        except BotoCoreError as e:
+            raise StorageError(f"bucket s3://{self.bucket} is not reachable: {e}") from e
+        region = self.client.meta.region_name
+        extra = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        try:
+            self.client.create_bucket(Bucket=self.bucket, **extra)
+        except (BotoCoreError, ClientError) as e:
+            raise StorageError(f"cannot create bucket s3://{self.bucket}: {e}") from e
+        return f"s3://{self.bucket} created"
 
     def __repr__(self) -> str:
         return f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r})"

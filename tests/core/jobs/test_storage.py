@@ -74,3 +74,41 @@ def test_storage_url_forms(tmp_path: Path) -> None:
         storage_from_settings(Settings(storage_url="gs://bucket"))
     with pytest.raises(ValueError, match="no bucket"):
         storage_from_settings(Settings(storage_url="s3://"))
+
+
+def test_init_creates_the_bucket_or_directory_once(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from core.cli import app
+    from core.settings import get_settings
+
+    local = storage_from_settings(Settings(storage_url=str(tmp_path / "objects")))
+    assert local.init().endswith("created") and local.init().endswith("exists")
+    # `clipadapt storage init`, as docker-compose.yml's storage-init service runs it.
+    for name, value in {"CLIPADAPT_STORAGE_URL": "s3://made-by-init", "CLIPADAPT_S3_ENDPOINT_URL": s3_endpoint,
+                        "CLIPADAPT_S3_ACCESS_KEY_ID": "test", "CLIPADAPT_S3_SECRET_ACCESS_KEY": "test"}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        first = CliRunner().invoke(app, ["storage", "init"])
+        second = CliRunner().invoke(app, ["storage", "init"])
+    finally:
+        get_settings.cache_clear()
+    assert first.exit_code == 0 and "s3://made-by-init created" in first.output, first.output
+    assert second.exit_code == 0 and "s3://made-by-init exists" in second.output
+    s3 = storage_from_settings(Settings(storage_url="s3://made-by-init", s3_endpoint_url=s3_endpoint,
+                                        s3_access_key_id="test", s3_secret_access_key="test"))
+    s3.check()
+
+
+def test_init_reports_an_unreachable_store() -> None:
+    from typer.testing import CliRunner
+
+    from core.cli import app
+
+    settings = Settings(storage_url="s3://b", s3_endpoint_url="http://127.0.0.1:9", s3_access_key_id="x",
+                        s3_secret_access_key="y")
+    with pytest.raises(StorageError, match="not reachable"):
+        storage_from_settings(settings).init()
+    result = CliRunner().invoke(app, ["storage", "init"], env={"CLIPADAPT_STORAGE_URL": "ftp://nowhere"})
+    assert result.exit_code == 2 and "unsupported storage URL" in result.output
