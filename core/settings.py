@@ -116,6 +116,12 @@ class Settings(BaseSettings):
         description="Save a resumable training checkpoint to storage after an epoch at most this often "
         "(0: after every epoch).",
     )
+    storage_retry_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long a worker retries (with backoff) storing a finished job's artifact while storage is "
+        "unreachable; after that the job fails with storage_error. A job never succeeds without its artifact.",
+    )
     recovery_every_s: float = Field(
         30.0,
         gt=0,

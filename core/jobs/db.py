@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _engines: list[Engine] = []
 
@@ -80,3 +83,21 @@ def wait_for_database(url: str, *, timeout: float | None = None, first_delay: fl
             log.warning("database not reachable (%s); retrying in %.1fs", str(e).splitlines()[0], delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
+
+
+def retry_transaction(url: str, work: Callable[[Session], T], *, within: float, what: str = "write") -> T:
+    """``work(session)`` in a transaction, retried with backoff while the database is unreachable
+    (a restart, a failover) for up to ``within`` seconds; then the last OperationalError is raised.
+    A failed attempt is rolled back whole, so a retry never writes anything twice."""
+    deadline = time.monotonic() + within
+    delay = 0.5
+    while True:
+        try:
+            with transaction(url) as session:
+                return work(session)
+        except OperationalError as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable during %s (%s); retrying in %.1fs", what, str(e).splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from core.jobs.db import transaction
+from core.jobs.db import retry_transaction, transaction
 from core.jobs.files import archive_limits, artifact_key, checkpoint_key, local_dataset, pack_artifact
 from core.jobs.models import Job, JobMetric, JobState
 from core.jobs.repository import JobRepository
@@ -106,6 +106,7 @@ class JobCallbacks:
         storage: Storage | None = None,
         checkpoint_every_s: float = 0.0,
         scratch: Path | None = None,
+        db_retry_s: float = 0.0,
     ) -> None:
         self.db_url = db_url
         self.job_id = job_id
@@ -114,6 +115,8 @@ class JobCallbacks:
         self.storage = storage
         self.checkpoint_every_s = checkpoint_every_s
         self.scratch = scratch
+        # A database restart shorter than this does not stop training: writes wait for it.
+        self.db_retry_s = db_retry_s
         self._last_checkpoint = time.monotonic()
 
     @property
@@ -124,18 +127,24 @@ class JobCallbacks:
     def lease_lost(self) -> bool:
         return self.lease is not None and self.lease.lost.is_set()
 
+    def _write(self, work: Any, what: str) -> None:
+        retry_transaction(self.db_url, work, within=self.db_retry_s, what=f"job {self.job_id}: {what}")
+
     def on_stage_start(self, stage: int, name: str, epochs: int) -> None:
-        with transaction(self.db_url) as session:
+        def work(session: Any) -> None:
             repo = JobRepository(session)
             job = repo.get(self.job_id)
             assert job is not None
             job.stage, job.stage_name, job.epoch, job.epochs = stage, name, 0, epochs
             repo.add_event(self.job_id, f"stage {stage} ({name}) started: {epochs} epochs")
 
+        self._write(work, "stage start")
+
     def on_epoch_end(self, report: Any) -> None:
         if self.lease_lost:
             return
-        with transaction(self.db_url) as session:
+
+        def work(session: Any) -> None:
             repo = JobRepository(session)
             job = repo.get(self.job_id)
             assert job is not None
@@ -156,9 +165,10 @@ class JobCallbacks:
             if report.best:
                 job.val_metrics = _jsonable(report.val)
 
+        self._write(work, f"metrics of epoch {report.epoch}")
+
     def on_message(self, message: str) -> None:
-        with transaction(self.db_url) as session:
-            JobRepository(session).add_event(self.job_id, message)
+        self._write(lambda session: JobRepository(session).add_event(self.job_id, message), "event")
 
     def on_checkpoint(self, make: Any) -> None:
         """Save ``make()`` to storage (atomically replacing the last one), at most every
@@ -248,18 +258,19 @@ def run_job(
         callbacks = JobCallbacks(
             db_url, job_id, interrupt, keeper,
             storage=storage, checkpoint_every_s=settings.checkpoint_every_s, scratch=scratch,
+            db_retry_s=settings.job_lease_s,
         )
         try:
             outcome = _train_and_store(settings, job_id, spec, recipe, dataset_id, archive, callbacks, worker)
         except JobFailure as failure:
-            return _finish_failed(db_url, storage, job_id, worker, failure)
+            return _finish_failed(db_url, storage, job_id, worker, failure, within=settings.job_lease_s)
         except OperationalError:
             # The database went away: nothing can be recorded, and the job is not at fault. Its
             # lease runs out and the recovery loop re-queues it; the next attempt resumes from the checkpoint.
             log.exception("job %s: database unreachable; leaving the job to the recovery loop", job_id)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must end up on the job row
-            return _finish_failed(db_url, storage, job_id, worker, _classify(exc))
+            return _finish_failed(db_url, storage, job_id, worker, _classify(exc), within=settings.job_lease_s)
     if outcome is not None:
         return outcome
 
@@ -335,13 +346,13 @@ def _train_and_store(
         out = save_artifact(result, Path(tmp) / "artifact")
         packed = pack_artifact(out, Path(tmp) / "artifact.tar.gz", arcname=job_id)
         key = artifact_key(job_id)
-        storage.put_file(key, packed)
+        _store_artifact(storage, key, packed, callbacks, within=settings.storage_retry_s)
 
-    with transaction(db_url) as session:
+    def succeed(session: Any) -> bool:
         repo = JobRepository(session)
         job = _held_job(repo, job_id, worker, "finished training but no longer holds the job; result discarded")
         if job is None:
-            return None
+            return False
         job.resolved_recipe = result.recipe.model_dump(mode="json")
         job.auto_decision = _jsonable(result.auto_decision) if result.auto_decision else None
         job.trainable_params = int(result.trainable_params)
@@ -349,9 +360,34 @@ def _train_and_store(
         job.test_metrics = _jsonable(result.test_metrics) if result.test_metrics else None
         job.artifact_key = key
         repo.set_state(job, JobState.succeeded, "job succeeded")
+        return True
+
+    if not retry_transaction(db_url, succeed, within=settings.job_lease_s, what=f"job {job_id}: success"):
+        return None
     _delete_checkpoint(storage, job_id)
     log.info("job %s succeeded", job_id)
     return JobState.succeeded
+
+
+def _store_artifact(storage: Storage, key: str, packed: Path, callbacks: JobCallbacks, *, within: float) -> None:
+    """Upload the artifact, retrying with backoff while storage is unreachable (up to ``within``
+    seconds), and check that it is there: a job is marked succeeded only once its artifact is
+    stored. The lease thread keeps the job meanwhile; a lost lease stops the retries."""
+    deadline = time.monotonic() + within
+    delay = 1.0
+    while True:
+        try:
+            storage.put_file(key, packed)
+            if not storage.exists(key):
+                raise StorageError(f"{key} is missing right after its upload")
+            return
+        except StorageError as e:
+            if callbacks.lease_lost or time.monotonic() + delay > deadline:
+                raise
+            log.warning("job %s: storing the artifact failed (%s); retrying in %.0fs", callbacks.job_id, e, delay)
+            callbacks.on_message(f"storing the artifact failed, retrying in {delay:.0f}s: {e}")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def _load_checkpoint(storage: Storage, job_id: str, scratch: Path | None) -> Any:
@@ -405,14 +441,21 @@ def _classify(exc: BaseException) -> JobFailure:
     return JobFailure("internal_error", f"{type(exc).__name__}: {exc}", {"traceback": tail})
 
 
-def _finish_failed(db_url: str, storage: Storage, job_id: str, worker: str, failure: JobFailure) -> JobState | None:
+def _finish_failed(
+    db_url: str, storage: Storage, job_id: str, worker: str, failure: JobFailure, *, within: float = 0.0
+) -> JobState | None:
     log.error("job %s failed: %s: %s", job_id, failure.code, failure.message)
     error = {"code": failure.code, "message": failure.message, "detail": failure.detail}
-    with transaction(db_url) as session:
+
+    def fail(session: Any) -> bool:
         repo = JobRepository(session)
         job = _held_job(repo, job_id, worker, "failed after losing the job to another worker; not recorded")
         if job is None:
-            return None
+            return False
         repo.set_state(job, JobState.failed, f"job failed: {failure.message}", error=error)
+        return True
+
+    if not retry_transaction(db_url, fail, within=within, what=f"job {job_id}: failure"):
+        return None
     _delete_checkpoint(storage, job_id)
     return JobState.failed
