@@ -136,6 +136,9 @@ class JobPublic(BaseModel):
     error: JobError | None = None
     artifact_available: bool
     attempts: int
+    dispatch_pending: bool = Field(
+        description="Queued but not yet handed to the broker (it was unreachable); sent once it is back."
+    )
     cancel_requested_at: datetime | None
     created_at: datetime
     started_at: datetime | None
@@ -163,6 +166,7 @@ class JobPublic(BaseModel):
             error=JobError.model_validate(job.error) if job.error else None,
             artifact_available=job.artifact_key is not None,
             attempts=job.attempts,
+            dispatch_pending=job.dispatch_pending and job.state == JobState.queued,
             cancel_requested_at=job.cancel_requested_at,
             created_at=job.created_at,
             started_at=job.started_at,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,6 +25,8 @@ from core.jobs.files import tar_to_zip
 from core.jobs.models import Job, JobState
 from core.jobs.repository import DatasetRepository, JobRepository
 from core.jobs.storage import StorageError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -60,16 +63,21 @@ def create_job(
             base_model=entry.name,
             base_model_spec=entry.spec(),
             recipe=body.recipe.model_dump(mode="json"),
+            dispatch_pending=True,
         )
     )
+    # The outbox: the job is stored, marked as not yet dispatched, before the broker is asked. If
+    # the broker is down (or this process stops now), the recovery loop dispatches it later.
     session.commit()
     try:
         dispatcher.submit(job.id)
     except DispatchError as e:
-        error = {"code": "dispatch_failed", "message": str(e), "detail": None}
-        repo.set_state(job, JobState.failed, f"job failed: {e}", error=error)
-        session.commit()
-        raise APIError(503, "dispatch_failed", f"job {job.id} could not be queued: {e}") from e
+        log.warning("job %s stored; dispatch deferred to the recovery loop: %s", job.id, e)
+        repo.add_event(job.id, f"not dispatched yet ({e}); it will be once the broker is reachable")
+    else:
+        repo.mark_dispatched(job.id)
+        job.dispatch_pending = False
+    session.commit()
     return JobPublic.of(job)
 
 

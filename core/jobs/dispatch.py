@@ -92,6 +92,9 @@ class EmbeddedRunner:
             queued = repo.ids_in_state(JobState.queued)
         for job_id in queued:
             self.submit(job_id)
+        with transaction(self.settings.resolved_database_url) as session:
+            for job_id in queued:
+                JobRepository(session).mark_dispatched(job_id)
 
     def submit(self, job_id: str) -> None:
         if self._closed:

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text, false
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -134,6 +134,9 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     artifact_key: Mapped[str | None] = mapped_column(String(512))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The outbox: true from the moment the job is stored until the broker accepted its task. The
+    # recovery loop dispatches queued jobs still marked (the broker was down, or the API stopped).
+    dispatch_pending: Mapped[bool] = mapped_column(default=False, server_default=false())
     # The worker holding the job while it runs, and until when; heartbeats push the expiry forward.
     # A running job whose lease expired was abandoned and may be re-queued.
     lease_owner: Mapped[str | None] = mapped_column(String(255))

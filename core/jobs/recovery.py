@@ -1,6 +1,8 @@
 """Recovery: jobs whose worker died are re-queued and dispatched again (or failed once they have
-used their attempts). Every Celery worker and the API run the loop; running it twice at once is
-harmless, since re-queueing is a conditional update of the job row.
+used their attempts), and jobs stored while the broker was down (the outbox, ``dispatch_pending``)
+are dispatched once it is back. Every Celery worker and the API run the loop; running it twice at
+once is harmless: re-queueing is a conditional update of the job row, and a task delivered twice is
+skipped by run_job's claim.
 
 The broker's own redelivery is not relied on: a long job would need a visibility timeout longer
 than the job, and would then wait that long after a crash. The lease expires within
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 from core.jobs.db import transaction
 from core.jobs.files import checkpoint_key
@@ -56,6 +59,32 @@ def requeue_expired_leases(settings: Settings, submit: Callable[[str], None]) ->
     return outcome
 
 
+# A job younger than this may still be inside the POST /jobs that stored it, dispatching it.
+DISPATCH_GRACE = timedelta(seconds=10)
+
+
+def dispatch_pending(settings: Settings, submit: Callable[[str], None]) -> list[str]:
+    """Dispatch queued jobs the broker never accepted; returns those dispatched now. A job whose
+    ``submit`` raises stays pending for the next pass."""
+    db_url = settings.resolved_database_url
+    with transaction(db_url) as session:
+        pending = JobRepository(session).pending_dispatch(older_than=DISPATCH_GRACE)
+    dispatched = []
+    for job_id in pending:
+        try:
+            submit(job_id)
+        except Exception as e:  # noqa: BLE001 - broker still away: the next pass tries again
+            log.warning("recovery: job %s still not dispatched: %s", job_id, e)
+            break
+        with transaction(db_url) as session:
+            repo = JobRepository(session)
+            repo.mark_dispatched(job_id)
+            repo.add_event(job_id, "dispatched by the recovery loop")
+        dispatched.append(job_id)
+        log.info("recovery: job %s dispatched", job_id)
+    return dispatched
+
+
 class RecoveryLoop:
     """Runs the recovery every ``settings.recovery_every_s`` in a daemon thread."""
 
@@ -76,7 +105,11 @@ class RecoveryLoop:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.recovery_every_s):
+            self.run_once()
+
+    def run_once(self) -> None:
+        for step in (requeue_expired_leases, dispatch_pending):
             try:
-                requeue_expired_leases(self.settings, self.submit)
+                step(self.settings, self.submit)
             except Exception:  # noqa: BLE001 - database away: try again next period
-                log.exception("job recovery failed")
+                log.exception("job recovery (%s) failed", step.__name__)

@@ -142,6 +142,21 @@ class JobRepository:
         cancel = self.session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id))
         return result.rowcount == 1, cancel
 
+    def pending_dispatch(self, *, older_than: timedelta) -> list[str]:
+        """Queued jobs whose task the broker never accepted (the outbox), stored at least
+        ``older_than`` ago (younger ones may still be in their API request), oldest first."""
+        stmt = (
+            select(Job.id)
+            .where(Job.state == JobState.queued, Job.dispatch_pending, Job.created_at < utcnow() - older_than)
+            .order_by(Job.created_at)
+        )
+        return list(self.session.scalars(stmt))
+
+    def mark_dispatched(self, job_id: str) -> None:
+        self.session.execute(
+            update(Job).where(Job.id == job_id).values(dispatch_pending=False).execution_options(synchronize_session=False)
+        )
+
     def expired_leases(self) -> list[str]:
         """Running jobs whose worker stopped renewing its lease, oldest first."""
         stmt = (

@@ -51,18 +51,46 @@ def test_invalid_job_requests_name_the_field(client: TestClient, dataset: dict, 
     assert client.get("/jobs").json()["count"] == 0
 
 
-def test_dispatch_failure_marks_job_failed_and_answers_503(client: TestClient, dataset: dict) -> None:
+def test_a_job_submitted_while_the_broker_is_down_is_dispatched_once_it_is_back(
+    client: TestClient, dataset: dict, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from core.jobs.recovery import dispatch_pending
+
     class Down:
         def submit(self, job_id: str) -> None:
-            raise DispatchError("broker down")
+            raise DispatchError("cannot reach the broker: connection refused")
 
+    up = client.app.state.dispatcher
     client.app.state.dispatcher = Down()
-    error = assert_error(
-        client.post("/jobs", json={"dataset_id": dataset["id"], "base_model": "clipadapt-tiny"}), 503, "dispatch_failed"
-    )
-    job = client.get("/jobs").json()["data"][0]
-    assert job["id"] in error["message"]
-    assert job["state"] == "failed" and job["error"]["code"] == "dispatch_failed"
+    response = client.post("/jobs", json={"dataset_id": dataset["id"], "base_model": "clipadapt-tiny"})
+    assert response.status_code == 201, response.text  # stored, in the outbox
+    job = response.json()
+    assert job["state"] == "queued" and job["dispatch_pending"] and job["error"] is None
+
+    monkeypatch.setattr("core.jobs.recovery.DISPATCH_GRACE", timedelta(0))
+    assert dispatch_pending(settings, Down().submit) == []  # the broker is still away
+    assert client.get(f"/jobs/{job['id']}").json()["dispatch_pending"]
+    assert dispatch_pending(settings, up.submit) == [job["id"]]  # back: dispatched once
+    assert dispatch_pending(settings, up.submit) == []
+    assert up.submitted == [job["id"]]
+    job = client.get(f"/jobs/{job['id']}").json()
+    assert job["state"] == "queued" and not job["dispatch_pending"]
+    messages = [e["message"] for e in client.get(f"/jobs/{job['id']}/events").json()["data"]]
+    assert any(m.startswith("not dispatched yet") for m in messages) and "dispatched by the recovery loop" in messages
+
+
+def test_a_dispatched_job_is_not_pending(client: TestClient, dataset: dict, settings: Settings) -> None:
+    from datetime import timedelta
+
+    from core.jobs.db import transaction
+    from core.jobs.repository import JobRepository
+
+    job = _create(client, dataset)
+    assert not job["dispatch_pending"] and client.app.state.dispatcher.submitted == [job["id"]]
+    with transaction(settings.resolved_database_url) as session:
+        assert JobRepository(session).pending_dispatch(older_than=timedelta(0)) == []
 
 
 def test_list_paginates_and_filters(client: TestClient, dataset: dict) -> None:

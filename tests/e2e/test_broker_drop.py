@@ -1,5 +1,5 @@
-"""A broker that drops its connection: the worker reconnects by itself and the next job runs; a job
-submitted while the broker is away is refused with 503 and recorded as such (nothing half-done)."""
+"""A broker that drops its connection: the worker reconnects by itself and the next job runs; a
+dispatch while the broker is away fails promptly (the API then leaves the job in its outbox)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_worker_survives_a_broker_connection_drop(
             assert "broker" in str(e)
         finally:
             unreachable.close()
-        assert time.monotonic() - started < 30  # refused promptly, so the API can answer 503
+        assert time.monotonic() - started < 30  # refused promptly, so POST /jobs answers without waiting long
 
         time.sleep(2)
         proxy.open()  # the broker is back
