@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         1, ge=1, description="Jobs the embedded runner trains at the same time."
     )
     job_queue: str = Field("gpu", description="Celery queue that training tasks are routed to.")
+    broker_visibility_timeout_s: float = Field(
+        21600.0,
+        gt=0,
+        description="Redis broker: a task not acknowledged this long after delivery (its job is still "
+        "training, or its worker died) is delivered again; the copy finds the job claimed or finished "
+        "and does nothing.",
+    )
     max_upload_mb: int = Field(2048, ge=1, description="Largest dataset archive accepted, in MiB.")
     max_predict_images: int = Field(64, ge=1, description="Most images in one /predict request.")
     model_cache_size: int = Field(
@@ -73,6 +80,10 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1000, description="On a GPU, how long a /predict request waits for others to join its batch."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["plain", "json"] = Field(
+        "plain", description="plain: text lines for a terminal; json: one JSON object per line, with job_id "
+        "while a job runs (for log collectors)."
+    )
 
     # ----------------------------------------------------------------------------- access
     auth: Literal["required", "disabled"] = Field(

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from core.jobs.db import wait_for_database
 from core.jobs.dispatch import RUN_JOB_TASK
 from core.jobs.recovery import RecoveryLoop
+from core.logs import configure_logging
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,14 @@ def create_celery() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        # Redis would redeliver an unacknowledged task after this long; the recovery loop re-queues a
-        # dead worker's job long before that. A copy delivered later is skipped by run_job's claim.
-        broker_transport_options={"visibility_timeout": 6 * 3600},
+        # Redis delivers an unacknowledged task again after this long, also while its job is still
+        # training (a job longer than the timeout); the recovery loop re-queues a dead worker's job
+        # well before that. The copy finds the job running under a live lease, or finished, and
+        # run_job's claim skips it: a redelivery never trains a job twice.
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        # A running job goes on when the broker connection drops: its lease, not the broker,
+        # decides who owns it (and its acknowledgement, if lost, only causes a skipped redelivery).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry=True,
         broker_connection_max_retries=None,  # a broker that drops the connection is reconnected
         worker_hijack_root_logger=False,
@@ -51,6 +57,12 @@ def create_celery() -> Celery:
 
 
 app = create_celery()
+
+
+@setup_logging.connect
+def _logging(**_: object) -> None:
+    """Our format (CLIPADAPT_LOG_FORMAT: plain or JSON with job ids) instead of Celery's."""
+    configure_logging(get_settings(), "worker")
 
 
 @worker_process_init.connect
