@@ -10,6 +10,7 @@ import threading
 import time
 
 from core.jobs.runner import run_job
+from core.logs import configure_logging
 from core.settings import get_settings
 
 
@@ -25,9 +26,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m core.jobs <job_id>", file=sys.stderr)
         return 2
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s [job-runner] %(name)s: %(message)s"
-    )
+    configure_logging(settings, "job-runner")
     interrupt = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: interrupt.set())
     signal.signal(signal.SIGINT, lambda *_: interrupt.set())

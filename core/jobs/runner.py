@@ -11,6 +11,7 @@ itself does not raise for job errors.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ from core.jobs.files import archive_limits, artifact_key, checkpoint_key, local_
 from core.jobs.models import Job, JobMetric, JobState
 from core.jobs.repository import JobRepository
 from core.jobs.storage import Storage, StorageError, get_storage
+from core.logs import job_context
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,10 @@ class LeaseKeeper:
         self.lost = threading.Event()
         self.cancel_requested = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
+        # The thread runs in a copy of this context, so its log records carry the job id too.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._loop,), name=f"lease-{job_id[:8]}", daemon=True
+        )
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
@@ -117,7 +122,9 @@ class JobCallbacks:
         self.scratch = scratch
         # A database restart shorter than this does not stop training: writes wait for it.
         self.db_retry_s = db_retry_s
+        self.train_images: int | None = None  # per epoch, once the run knows its training split
         self._last_checkpoint = time.monotonic()
+        self._epoch_started = time.monotonic()
 
     @property
     def cancel_requested(self) -> bool:
@@ -139,10 +146,13 @@ class JobCallbacks:
             repo.add_event(self.job_id, f"stage {stage} ({name}) started: {epochs} epochs")
 
         self._write(work, "stage start")
+        self._epoch_started = time.monotonic()
 
     def on_epoch_end(self, report: Any) -> None:
         if self.lease_lost:
             return
+        now = time.monotonic()
+        seconds, self._epoch_started = now - self._epoch_started, now
 
         def work(session: Any) -> None:
             repo = JobRepository(session)
@@ -158,6 +168,8 @@ class JobCallbacks:
                     train_loss=float(report.train_loss),
                     val=_jsonable(report.val),
                     best=bool(report.best),
+                    seconds=seconds,
+                    images=self.train_images,
                 )
             )
             job.stage, job.stage_name = report.stage, report.stage_name
@@ -232,8 +244,13 @@ def run_job(
     if this worker lost the job to another one).
 
     ``interrupt`` (set on process shutdown) stops training and puts the job back in the queue; its
-    checkpoint is kept, so the next attempt resumes.
+    checkpoint is kept, so the next attempt resumes. Log records carry the job id.
     """
+    with job_context(job_id):
+        return _run_job(job_id, settings, interrupt)
+
+
+def _run_job(job_id: str, settings: Settings | None, interrupt: threading.Event | None) -> JobState | None:
     settings = settings or get_settings()
     db_url = settings.resolved_database_url
     worker = worker_name()
@@ -304,7 +321,7 @@ def _train_and_store(
     from pydantic import ValidationError
 
     from core.adapt.artifact import save_artifact
-    from core.adapt.data import load_dataset
+    from core.adapt.data import load_dataset, make_splits
     from core.adapt.models import ModelSpec, load_base_model
     from core.adapt.recipe import parse_recipe
     from core.adapt.trainer import TrainingCancelled, train
@@ -333,6 +350,7 @@ def _train_and_store(
     except Exception as e:  # noqa: BLE001 - unknown arch, missing weights file, no network...
         raise JobFailure("model_load_failed", f"cannot load base model: {e}") from e
 
+    callbacks.train_images = len(make_splits(dataset, recipe.shots, recipe.seed, recipe.val_per_class).train)
     resume = _load_checkpoint(storage, job_id, callbacks.scratch)
     with transaction(db_url) as session:
         # Epochs after the checkpoint (all of them without one) are trained again: forget their metrics.
