@@ -10,11 +10,12 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from api.errors import install_error_handlers
-from api.routes import datasets, health, jobs, models, predict
+from api.routes import datasets, health, jobs, metrics, models, predict
 from api.uploads import FORM_OVERHEAD, MiB, BodyLimitMiddleware
 from core.jobs.dispatch import EmbeddedRunner, dispatcher_from_settings
 from core.jobs.predict import PredictionService
 from core.jobs.recovery import RecoveryLoop
+from core.logs import configure_logging
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("api")
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             recovery.stop()
             dispatcher.close()
 
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings, "api")
     app = FastAPI(
         title="clipadapt",
         summary="Adapt CLIP-style models to image classification: upload, train, predict.",
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.prediction = PredictionService(settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
-    for module in (datasets, models, jobs, predict, health):
+    for module in (datasets, models, jobs, predict, health, metrics):
         app.include_router(module.router)
     return app
 

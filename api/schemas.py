@@ -188,6 +188,8 @@ class JobMetricPublic(BaseModel):
     train_loss: float
     val: dict[str, Any]
     best: bool
+    seconds: float | None = Field(None, description="Wall time of the epoch, training and validation.")
+    images: int | None = Field(None, description="Training images the epoch saw.")
     created_at: datetime
 
     @classmethod

@@ -14,6 +14,7 @@ from api.uploads import missing_field, read_multipart_upload
 from core.jobs.datasets import DatasetRejected, archive_suffix, create_dataset, delete_dataset
 from core.jobs.files import archive_limits
 from core.jobs.repository import DatasetRepository
+from core.jobs.telemetry import UPLOAD_BYTES
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
 
@@ -71,6 +72,7 @@ async def upload_dataset(
             )
         except DatasetRejected as e:
             raise APIError(400, "invalid_dataset", str(e)) from e
+    UPLOAD_BYTES.inc(dataset.size_bytes)
     return DatasetPublic.of(dataset)
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -12,6 +13,7 @@ from core.jobs.models import JobState
 from core.jobs.predict import ImageTooLarge
 from core.jobs.repository import JobRepository
 from core.jobs.storage import StorageError
+from core.jobs.telemetry import observe_prediction
 
 router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
 
@@ -67,6 +69,7 @@ def predict(
     """Classify images with a fine-tuned model (job_id) or zero-shot (base_model + classnames)."""
     from core.adapt.data import DatasetError
 
+    started = time.perf_counter()
     if len(images) > settings.max_predict_images:
         raise field_error("images", f"at most {settings.max_predict_images} images per request", len(images))
     if (job_id is None) == (base_model is None):
@@ -117,6 +120,7 @@ def predict(
     results = service.predict(predictor, decoded, top_k=top_k)
     if model.kind == "fine-tuned" and not model.classnames:
         model.classnames = list(getattr(predictor, "classnames", []) or [])
+    observe_prediction(model.kind, len(images), time.perf_counter() - started)
     return PredictResponse(
         model=model,
         predictions=[

@@ -174,4 +174,7 @@ class JobMetric(Base):
     train_loss: Mapped[float]
     val: Mapped[dict[str, Any]] = mapped_column()
     best: Mapped[bool]
+    # Wall time of the epoch (training and validation) and the training images it saw.
+    seconds: Mapped[float | None] = mapped_column()
+    images: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
