@@ -20,18 +20,55 @@ def compose() -> dict:
 
 def test_compose_has_the_deployment_services(compose: dict) -> None:
     services = compose["services"]
-    assert {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"} <= set(services)
+    assert {"postgres", "redis", "minio", "storage-init", "migrate", "api", "worker", "flower"} == set(services)
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert services["storage-init"]["command"] == ["clipadapt", "storage", "init"]
     for name in ("api", "worker"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
-        assert depends["minio-init"]["condition"] == "service_completed_successfully"
+        assert depends["storage-init"]["condition"] == "service_completed_successfully"
     worker = services["worker"]
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "deploy" not in worker  # the base file runs on a CPU-only host
     assert worker["command"][worker["command"].index("-Q") + 1] == worker["environment"]["CLIPADAPT_JOB_QUEUE"] == "gpu"
     assert worker["environment"]["CLIPADAPT_BROKER_URL"].startswith("redis://redis:")
     assert worker["environment"]["CLIPADAPT_STORAGE_URL"].startswith("s3://")
+    assert services["flower"]["profiles"] == ["flower"]
+
+
+def test_one_image_built_once_and_third_party_images_pinned(compose: dict) -> None:
+    """Compose v1 would build the image once per service with a `build:` section."""
+    services = compose["services"]
+    assert [name for name, s in services.items() if "build" in s] == ["migrate"]
+    built = services["migrate"]["image"]
+    assert {s["image"] for s in services.values() if s["image"].startswith("clipadapt")} == {built}
+    for name, service in services.items():
+        repository, _, tag = service["image"].rpartition(":")
+        assert repository and tag and tag != "latest" or service["image"] == built, f"{name}: pin {service['image']}"
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm$", (REPO / "Dockerfile").read_text(), re.M)
+    assert "name" not in compose  # Compose v1.29 refuses a top-level name
+
+
+def test_gpu_override_reserves_a_gpu_for_the_worker() -> None:
+    gpu = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())
+    worker = gpu["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert worker["environment"]["CLIPADAPT_DEVICE"] == "cuda"
+    assert set(gpu["services"]) == {"worker"}
+
+
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]])
+def test_compose_v1_accepts_the_files(files: list[str]) -> None:
+    """Debian 12's docker-compose 1.29 reads the files (v2 reads the same Compose specification)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose (v1) is not installed; the compose test installs it")
+    args = [a for f in files for a in ("-f", f)]
+    result = subprocess.run(["docker-compose", *args, "--profile", "flower", "config", "-q"], cwd=REPO,
+                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
 
 
 def test_every_clipadapt_variable_in_compose_is_a_setting(compose: dict) -> None:
@@ -50,7 +87,9 @@ def test_every_clipadapt_variable_in_compose_is_a_setting(compose: dict) -> None
 
 
 def test_env_example_and_docs_list_exactly_the_settings() -> None:
-    env_vars = set(re.findall(r"^#?\s*(CLIPADAPT_[A-Z0-9_]+)=", (REPO / ".env.example").read_text(), re.M))
+    example = (REPO / ".env.example").read_text()
+    env_vars = set(re.findall(r"^#?\s*(CLIPADAPT_[A-Z0-9_]+)=", example, re.M))
+    assert re.search(r"^COMPOSE_PROJECT_NAME=", example, re.M)
     assert env_vars == SETTING_VARS
     docs = (REPO / "README.md").read_text()
     assert set(re.findall(r"`(CLIPADAPT_[A-Z0-9_]+)`", docs)) >= SETTING_VARS
