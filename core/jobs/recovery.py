@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
+from sqlalchemy.exc import OperationalError
+
 from core.jobs.db import transaction
 from core.jobs.files import checkpoint_key
 from core.jobs.models import JobState
@@ -111,5 +113,7 @@ class RecoveryLoop:
         for step in (requeue_expired_leases, dispatch_pending):
             try:
                 step(self.settings, self.submit)
-            except Exception:  # noqa: BLE001 - database away: try again next period
+            except OperationalError as e:  # the database is away (a restart): try again next period
+                log.warning("job recovery (%s): database unreachable: %s", step.__name__, str(e).splitlines()[0])
+            except Exception:  # noqa: BLE001 - anything else is a bug worth a traceback; keep looping
                 log.exception("job recovery (%s) failed", step.__name__)
