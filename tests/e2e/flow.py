@@ -21,7 +21,7 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 180) -> dic
         time.sleep(0.5)
 
 
-def upload_train_predict(client: httpx.Client, example_zip: Path) -> dict:
+def upload_train_predict(client: httpx.Client, example_zip: Path, timeout: float = 180) -> dict:
     """Upload, create a job, poll it to success, download the artifact and predict with it."""
     with example_zip.open("rb") as f:
         response = client.post("/datasets", files={"file": ("digits.zip", f, "application/zip")})
@@ -33,7 +33,7 @@ def upload_train_predict(client: httpx.Client, example_zip: Path) -> dict:
                                           "recipe": recipe, "name": "e2e", "metadata": {"run": "e2e"}})
     assert response.status_code == 201, response.text
     assert response.json()["state"] == "queued"
-    job = wait_for_job(client, response.json()["id"])
+    job = wait_for_job(client, response.json()["id"], timeout)
     assert job["state"] == "succeeded", job["error"]
     assert job["progress"]["epoch"] == job["progress"]["epochs"] == 3
     assert job["trainable_params"] > 0 and "accuracy" in job["val_metrics"]
