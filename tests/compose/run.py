@@ -43,7 +43,7 @@ from pathlib import Path
 import httpx
 
 from tests.compose.standins import build as standins
-from tests.e2e.flow import upload_train_predict, wait_for_job
+from tests.e2e.flow import upload_train_predict
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "clipadapt-e2e"
@@ -213,6 +213,21 @@ def submit(client: httpx.Client, dataset_id: str, epochs: int, name: str) -> dic
     return response.json()
 
 
+def finish(client: httpx.Client, job_id: str) -> dict:
+    """Wait for the job to end while it makes progress: fail only when no epoch ends for SLOW_S
+    (a busy host slows training down, a stuck job stops it)."""
+    last, since = -1, time.monotonic()
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        done = epochs_done(client, job_id)
+        if done != last:
+            last, since = done, time.monotonic()
+        assert time.monotonic() - since < SLOW_S, f"no epoch ended in {SLOW_S}s: {job}"
+        time.sleep(1)
+
+
 def assert_mid_job(client: httpx.Client, job_id: str, epochs: int, fault: str) -> int:
     job, done, _ = job_state(client, job_id)
     assert job["state"] == "running" and len(done) < epochs, f"job ended before '{fault}': make it longer ({job})"
@@ -307,7 +322,7 @@ def exercise(client: httpx.Client, stack: Stack, example: Path, phases: Phases, 
         print(f"worker killed after {done} of {epochs} epochs")
         time.sleep(2)
         stack.compose("start", "worker", capture=True)
-        job = wait_for_job(client, killed, timeout=300 + epochs * epoch_s * 2)
+        job = finish(client, killed)
         _, _, events = job_state(client, killed)
         resumed = [m for m in events if m.startswith("resuming stage 0 after epoch")]
         assert job["state"] == "succeeded", job
@@ -316,7 +331,7 @@ def exercise(client: httpx.Client, stack: Stack, example: Path, phases: Phases, 
 
     with phases("fault: restart postgres, redis (outbox), api mid-job"):
         # Long enough for three restarts, each followed by 2 epochs, before it ends.
-        epochs = max(16, math.ceil(90 / epoch_s))
+        epochs = max(16, math.ceil(60 / epoch_s))
         long_job = submit(client, dataset["id"], epochs, "restarts")["id"]
         expected[long_job] = (epochs, 1)
         wait(lambda: epochs_done(client, long_job) >= 2, SLOW_S, "2 epochs before the restarts")
@@ -338,7 +353,7 @@ def exercise(client: httpx.Client, stack: Stack, example: Path, phases: Phases, 
         wait(stack.ready, SLOW_S, "the API after its restart")
         assert dataset["id"] in [d["id"] for d in client.get("/datasets").json()["data"]]
         for job_id in (long_job, deferred["id"]):
-            job = wait_for_job(client, job_id, timeout=300 + epochs * epoch_s * 2)
+            job = finish(client, job_id)
             assert job["state"] == "succeeded", job
         _, _, events = job_state(client, deferred["id"])
         assert "dispatched by the recovery loop" in events, events
