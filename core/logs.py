@@ -32,6 +32,7 @@ class JobIdFilter(logging.Filter):
         return True
 
 
+HANDLER_NAME = "clipadapt"
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -54,9 +55,11 @@ def configure_logging(settings: Settings, process: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_formatter(settings.log_format, process))
     handler.addFilter(JobIdFilter())
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in list(root.handlers):  # ours from an earlier call; others' (pytest's capture) stay
+        if old.get_name() == HANDLER_NAME:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
     if settings.log_format == "json":

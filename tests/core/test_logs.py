@@ -28,7 +28,7 @@ def test_json_lines_carry_the_job_id(capsys: pytest.CaptureFixture[str]) -> None
         log.info("job %s started", "abc123")
     log.warning("between jobs")
     logging.getLogger("uvicorn.access").info("GET /healthz 200")  # routed to the same handler
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert lines[0] | {"time": None} == {"time": None, "level": "INFO", "logger": "core.jobs.runner",
                                          "message": "job abc123 started", "job_id": "abc123", "process": "worker"}
     assert lines[1]["job_id"] is None and lines[1]["level"] == "WARNING"
