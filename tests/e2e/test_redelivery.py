@@ -4,6 +4,9 @@ nothing. The job is trained once: one attempt, one start, every epoch's metrics 
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -38,6 +41,7 @@ def test_a_redelivered_task_never_trains_twice(
         "CLIPADAPT_DEVICE": "cpu",
         "CLIPADAPT_TORCH_THREADS": "1",
         "CLIPADAPT_BROKER_VISIBILITY_TIMEOUT_S": "2",  # far shorter than the job
+        "CLIPADAPT_JOB_LEASE_S": "120",  # outlives worker 1's pause below
     }
     settings = Settings(data_dir=tmp_path / "client", database_url=postgres_url, broker_url=redis_url,
                         job_queue=queue, storage_url=env["CLIPADAPT_STORAGE_URL"])
@@ -55,7 +59,8 @@ def test_a_redelivered_task_never_trains_twice(
             repo = JobRepository(session)
             return repo.get(job_id), [m.epoch for m in repo.metrics(job_id)], [e.message for e in repo.events(job_id)]
 
-    _, first_log = processes.start("worker-1", _worker_cmd(queue), env | {"CLIPADAPT_DATA_DIR": str(tmp_path / "w1")})
+    first, first_log = processes.start("worker-1", _worker_cmd(queue), env | {"CLIPADAPT_DATA_DIR": str(tmp_path / "w1")},
+                                       new_session=True)
     wait_until(lambda: "ready." in first_log.read_text(), 60, "worker 1 to start", first_log)
     dispatcher = CeleryDispatcher(settings)
     dispatcher.submit(job_id)
@@ -63,10 +68,19 @@ def test_a_redelivered_task_never_trains_twice(
     wait_until(lambda: len(job_and_metrics()[1]) >= 1, 60, "worker 1 to start training", first_log)
     _, second_log = processes.start("worker-2", _worker_cmd(queue), env | {"CLIPADAPT_DATA_DIR": str(tmp_path / "w2")})
 
-    # Redis restores unacknowledged tasks older than the timeout every 10 s; worker 2 gets the copy.
-    wait_until(lambda: f"job {job_id} not claimed (state: running)" in second_log.read_text(), 90,
-               "the redelivered task to reach worker 2", second_log)
-    assert job_and_metrics()[0].state == JobState.running  # redelivered mid-job
+    # Worker 1 is paused mid-job (SIGSTOP: alive, lease valid, task unacknowledged), so that the job
+    # outlasts the redelivery however fast this machine trains. Redis restores unacknowledged tasks
+    # older than the timeout every 10 s; worker 2 gets the copy.
+    os.killpg(first.pid, signal.SIGSTOP)
+    redelivered = f"job {job_id} not claimed (state: running)"
+    deadline = time.monotonic() + 60
+    try:
+        while redelivered not in second_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    # (If worker 1 was paused holding the job row's lock, worker 2's claim completes only now.)
+    wait_until(lambda: redelivered in second_log.read_text(), 60, "the redelivered task to reach worker 2", second_log)
     wait_until(lambda: not job_and_metrics()[0].state.active, 180, "worker 1 to finish", first_log)
 
     job, epochs, events = job_and_metrics()

@@ -83,7 +83,7 @@ def test_artifact_upload_is_retried_and_never_skipped(
 
 @pytest.mark.slow
 def test_a_database_restart_mid_job_costs_no_attempt(
-    make_settings: Callable[..., Settings], example_zip: Path, postgres_url: str
+    make_settings: Callable[..., Settings], example_zip: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
@@ -102,15 +102,27 @@ def test_a_database_restart_mid_job_costs_no_attempt(
     settings = make_settings(database_url=proxied, job_lease_s=20, checkpoint_every_s=0)
     job_id = _add_job(settings, example_zip, {"method": "layernorm", "epochs": epochs, "batch_size": 4})
 
+    # Training waits after epoch 3 until the database is gone, so that the outage falls mid-job however
+    # fast this machine trains 30 epochs.
+    from core.jobs.runner import JobCallbacks
+
+    third_epoch_written, database_gone = threading.Event(), threading.Event()
+    on_epoch_end = JobCallbacks.on_epoch_end
+
+    def pausing_on_epoch_end(self: JobCallbacks, report: object) -> None:
+        on_epoch_end(self, report)
+        if report.epoch == 3:  # type: ignore[attr-defined]
+            third_epoch_written.set()
+            database_gone.wait(60)
+
+    monkeypatch.setattr(JobCallbacks, "on_epoch_end", pausing_on_epoch_end)
     result: dict[str, object] = {}
     thread = threading.Thread(target=lambda: result.setdefault("state", run_job(job_id, settings=settings)))
     thread.start()
     try:
-        deadline = time.monotonic() + 120
-        while len(_job(postgres_url, job_id)[1]) < 3:
-            assert time.monotonic() < deadline, _job(postgres_url, job_id)
-            time.sleep(0.05)
+        assert third_epoch_written.wait(120), _job(postgres_url, job_id)
         proxy.close()  # the database goes away: every connection cut, nothing listening
+        database_gone.set()
         time.sleep(3)
         during = len(_job(postgres_url, job_id)[1])
         proxy.open()
