@@ -43,6 +43,9 @@ class DelayedProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self._closed.is_set():  # accepted while close() ran: the database is already gone
+                client.close()
+                return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -72,6 +75,12 @@ class DelayedProxy:
         """Stop listening and cut every open connection (clients see the peer go away)."""
         self._closed.set()
         if self._server is not None:
+            # close() alone leaves a thread blocked in accept() listening on the old socket (Linux keeps
+            # it alive for the syscall), so one more client would still get through; shutdown wakes it.
+            try:
+                self._server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._server.close()
             self._server = None
         with self._lock:
