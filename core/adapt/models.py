@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,26 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def _quiet_random_init(random_init: bool):
+    """open_clip warns (on the root logger) whenever a model gets random weights; here that is asked
+    for, so the warning would only be noise a user cannot act on."""
+    if not random_init:
+        yield
+        return
+    root, quiet = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def load_base_model(spec: ModelSpec, device: str | torch.device = "cpu") -> ClipBase:
     """Build the model, load its weights, freeze it. Raises ModelLoadError with a readable reason."""
     name = spec.name
@@ -153,7 +175,7 @@ def load_base_model(spec: ModelSpec, device: str | torch.device = "cpu") -> Clip
     quick_gelu = resolve_quick_gelu(spec, architecture) if not name.startswith("hf-hub:") else bool(spec.quick_gelu)
 
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_random_init(pretrained is None and not name.startswith("hf-hub:")):
             torch.manual_seed(RANDOM_INIT_SEED)
             model = open_clip.create_model(architecture, pretrained=pretrained, force_quick_gelu=quick_gelu)
         tokenizer = open_clip.get_tokenizer(architecture)
