@@ -359,6 +359,12 @@ def exercise(client: httpx.Client, stack: Stack, example: Path, phases: Phases, 
         assert "dispatched by the recovery loop" in events, events
 
     with phases("operations: metrics, JSON logs, flower"):
+        # The API restarted above, so its own counters start again: one prediction to count.
+        with zipfile.ZipFile(example) as zf:
+            image = next(n for n in zf.namelist() if n.endswith(".png"))
+            predicted = client.post("/predict", data={"base_model": "clipadapt-tiny", "classnames": "a,b"},
+                                    files={"images": (Path(image).name, zf.read(image), "image/png")})
+        assert predicted.status_code == 200, predicted.text
         metrics = client.get("/metrics").text
         assert f'clipadapt_jobs{{state="succeeded"}} {float(len(expected))}' in metrics, metrics[:3000]
         assert "clipadapt_queue_depth 0.0" in metrics and "clipadapt_predict_seconds_count" in metrics
