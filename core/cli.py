@@ -142,7 +142,8 @@ def methods(
     model_config: ModelConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every method and LayerNorm combination with its trainable-parameter count."""
+    """Every method and LayerNorm combination with its trainable-parameter count on this model, and
+    each method's declared count on ViT-B/16 (Figure 2 of the paper)."""
     from core.adapt.adapted import count_trainable
     from core.adapt.methods import METHODS
 
@@ -153,9 +154,14 @@ def methods(
         for mode in ("none", "joint", "init") if method.config.supports_layernorm else ("none",):
             recipe = method.config(layernorm=mode)
             count = count_trainable(base.model, recipe, classes, base.tokenizer, preprocess)
-            rows.append({"method": name, "layernorm": mode, "trainable_params": count, "summary": method.summary})
+            rows.append({"method": name, "layernorm": mode, "trainable_params": count,
+                         "vit_b16": str(method.vit_b16), "summary": method.summary})
     width = max(len(r["method"]) for r in rows)
-    text = "\n".join(f"{r['method']:<{width}}  {r['layernorm']:<5}  {r['trainable_params']:>13,}  {r['summary']}" for r in rows)
+    header = f"{'method':<{width}}  {'layernorm':<9}  {'this model':>13}  {'ViT-B/16':>13}  what trains"
+    text = "\n".join([header] + [
+        f"{r['method']:<{width}}  {r['layernorm']:<9}  {r['trainable_params']:>13,}  {r['vit_b16'] if r['layernorm'] == 'none' else '':>13}  {r['summary']}"
+        for r in rows
+    ])
     emit(rows, as_json, text)
 
 

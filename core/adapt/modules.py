@@ -1,4 +1,5 @@
-"""Torch building blocks shared by the methods: text encoding, classification heads, injected layers.
+"""Torch building blocks shared by the methods: text encoding, the head interface and the template
+head, parameter selection. A method's own layers live in its file in `core/adapt/methods/`.
 
 Everything here works on an open_clip `CLIP` model (built-in text tower). The text encoder is run through
 `encode_text_embeddings`, which accepts token *embeddings* (so prompt tuning can insert learned vectors)
@@ -7,9 +8,6 @@ token never attend to the padding after it, so the result equals the full 77-tok
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -143,122 +141,6 @@ class TemplateHead(Head):
             for t, (length, prefix) in enumerate(zip(self.lengths, self.prefix_lengths))
         ])  # [templates, classes, D]
         return F.normalize(F.normalize(per_template, dim=-1).mean(dim=0), dim=-1)
-
-
-class PromptHead(Head):
-    """Prompt tuning (section 3.2): learned context vectors prepended to the raw class-name tokens,
-    no template: [SOT] ctx_1..ctx_n name... [EOT]."""
-
-    def __init__(self, tokenizer, classnames: list[str], n_ctx: int, width: int, context_length: int, init_std: float):
-        super().__init__()
-        tokens, eot_index = trim_tokens(tokenizer(classnames))
-        if int(eot_index.max()) + 1 + n_ctx > context_length:
-            longest = classnames[int(eot_index.argmax())]
-            raise ValueError(f"class name {longest!r} is too long for {n_ctx} prompt vectors in a {context_length}-token context")
-        self.ctx = nn.Parameter(torch.randn(n_ctx, width) * init_std)
-        self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("eot_index", eot_index + n_ctx, persistent=False)
-
-    def class_embeddings(self, clip: nn.Module) -> torch.Tensor:
-        names = clip.token_embedding(self.tokens)
-        ctx = self.ctx.to(names.dtype).expand(names.shape[0], -1, -1)
-        embeddings = torch.cat([names[:, :1], ctx, names[:, 1:]], dim=1)
-        # [SOT] + context is the same for every class.
-        return F.normalize(encode_text_embeddings(clip, embeddings, self.eot_index, prefix_length=1 + len(self.ctx)), dim=-1)
-
-
-class LinearHead(Head):
-    """Linear probe on the image features before the projection (section 3.2); the text tower is unused."""
-
-    projected = False
-    uses_text = False
-
-    def __init__(self, in_features: int, num_classes: int):
-        super().__init__()
-        self.linear = nn.Linear(in_features, num_classes)
-
-    def class_embeddings(self, clip: nn.Module) -> None:
-        return None
-
-    def logits(self, features: torch.Tensor, class_embeddings: None, clip: nn.Module) -> torch.Tensor:
-        return self.linear(features.to(self.linear.weight.dtype))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Injected layers (text encoder)
-
-
-class Adapter(nn.Module):
-    """Houlsby bottleneck: x + up(gelu(down(x))). The up-projection starts at zero, so the block is the
-    identity before training."""
-
-    def __init__(self, width: int, bottleneck: int):
-        super().__init__()
-        self.down = nn.Linear(width, bottleneck)
-        self.act = nn.GELU()
-        self.up = nn.Linear(bottleneck, width)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.act(self.down(x)))
-
-
-class PHMLinear(nn.Module):
-    """Parameterized hypercomplex linear layer (Mahabadi et al., 2021):
-    W = sum_i A_i kron (s_i t_i^T), with the n x n matrices A_i shared across layers and rank-1 s_i t_i^T."""
-
-    def __init__(self, in_features: int, out_features: int, rule: nn.Parameter, zero_init: bool = False):
-        super().__init__()
-        n = rule.shape[0]
-        if in_features % n or out_features % n:
-            raise ValueError(f"PHM layer sizes {in_features}x{out_features} must be divisible by n={n}")
-        # Held in a tuple so that it is not registered here: the owner registers it once (one name in
-        # state dicts and artifacts, one copy in the optimizer).
-        self._shared = (rule,)
-        self.s = nn.Parameter(torch.empty(n, in_features // n, 1))
-        self.t = nn.Parameter(torch.empty(n, 1, out_features // n))
-        self.bias = nn.Parameter(torch.zeros(out_features))
-        bound = 1.0 / math.sqrt(in_features)
-        nn.init.uniform_(self.s, -bound, bound)
-        nn.init.uniform_(self.t, -bound, bound)
-        if zero_init:
-            nn.init.zeros_(self.s)
-
-    def weight(self) -> torch.Tensor:
-        # kron(A_i [n,n], s_i t_i^T [in/n, out/n]) summed over i -> [in, out]
-        rule = self._shared[0]
-        n = rule.shape[0]
-        low_rank = self.s @ self.t  # [n, in/n, out/n]
-        w = torch.einsum("iab,icd->acbd", rule, low_rank)
-        return w.reshape(n * low_rank.shape[1], n * low_rank.shape[2])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight().to(x.dtype) + self.bias.to(x.dtype)
-
-
-class Compacter(nn.Module):
-    """The adapter bottleneck with PHM projections; identity before training (the up-projection's s
-    starts at zero)."""
-
-    def __init__(self, width: int, bottleneck: int, rule: nn.Parameter):
-        super().__init__()
-        self.down = PHMLinear(width, bottleneck, rule)
-        self.act = nn.GELU()
-        self.up = PHMLinear(bottleneck, width, rule, zero_init=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.act(self.down(x)))
-
-
-def inject_after_mlp(clip: nn.Module, make: Callable[[], nn.Module]) -> None:
-    """Append a module after the feed-forward layer of every text-encoder block (Houlsby et al.).
-
-    open_clip's block MLP is an nn.Sequential, so the module simply becomes its last element; the
-    block's own code (and `mlp.c_fc`, which open_clip reads for its dtype) stays untouched.
-    """
-    for block in clip.transformer.resblocks:
-        block.mlp.add_module("adapter", make())
 
 
 # ---------------------------------------------------------------------------------------------------

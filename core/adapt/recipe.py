@@ -27,6 +27,7 @@ class AutoConfig(RecipeBase):
         LOW_DATA_MAX_SHOTS, ge=1, description="Shots per class up to which the task is in the low-data regime."
     )
     supports_layernorm: ClassVar[bool] = False  # the chooser decides the LayerNorm combination
+    summary: ClassVar[str] = "picks one of the above from zero-shot validation accuracy and shots per class"
 
 
 Recipe = Annotated[

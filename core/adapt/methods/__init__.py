@@ -4,7 +4,7 @@ The key, the file name and the recipe's `method` literal are the same string.
 """
 
 from core.adapt.methods import adapter, compacter, full, layernorm, linear_probe, prompt_tuning, zero_shot
-from core.adapt.methods.base import LayerNormMode, Method, RecipeBase
+from core.adapt.methods.base import LayerNormMode, Method, ParamCount, RecipeBase
 
 METHODS: dict[str, Method] = {
     "zero_shot": zero_shot.METHOD,
@@ -16,4 +16,4 @@ METHODS: dict[str, Method] = {
     "full": full.METHOD,
 }
 
-__all__ = ["METHODS", "LayerNormMode", "Method", "RecipeBase"]
+__all__ = ["METHODS", "LayerNormMode", "Method", "ParamCount", "RecipeBase"]

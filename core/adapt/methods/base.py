@@ -94,15 +94,39 @@ class RecipeBase(BaseModel):
 
 
 @dataclass(frozen=True)
+class ParamCount:
+    """A trainable-parameter count on ViT-B/16 (Figure 2 of the paper): `fixed + per_class * classes`."""
+
+    fixed: int
+    per_class: int = 0
+
+    def at(self, classes: int) -> int:
+        return self.fixed + self.per_class * classes
+
+    def __str__(self) -> str:
+        if self.per_class and self.fixed:
+            return f"{self.fixed:,} + {self.per_class:,} × classes"
+        return f"{self.per_class:,} × classes" if self.per_class else f"{self.fixed:,}"
+
+
+@dataclass(frozen=True)
 class Method:
-    """A registry entry: the recipe type and the function that prepares a CLIP model for the method.
+    """A registry entry: everything about a method that is not its torch code lives here, in its file.
 
     `build(clip, classnames, tokenizer, recipe)` freezes nothing itself (the trainer freezes the whole
     model first), makes the method's parameters trainable or injects new ones, and returns the head that
     turns image features into class logits.
+
+    `summary` is the method's row in the README table and in `clipadapt methods`; `vit_b16` its
+    trainable-parameter count on ViT-B/16 with default settings (checked on the real architecture by
+    tests/core/adapt/test_counts.py); `trains` a regular expression matching the names (in
+    `AdaptedModel.named_parameters()`) of exactly the parameters it trains, which the method tests check
+    `build` against.
     """
 
     name: str
     config: type[RecipeBase]
     summary: str
     build: Callable[[Any, list[str], Any, Any], "Head"]
+    vit_b16: ParamCount
+    trains: str

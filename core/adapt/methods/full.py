@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from core.adapt.methods.base import Method, RecipeBase
-from core.adapt.methods.layernorm import TRAIN_TEMPLATES
+from core.adapt.methods.base import Method, ParamCount, RecipeBase
+from core.adapt.methods.common import TRAIN_TEMPLATES
 
 
 class FullConfig(RecipeBase):
@@ -23,4 +23,10 @@ def build(clip, classnames, tokenizer, recipe: FullConfig):
     return TemplateHead(tokenizer, classnames, recipe.templates or TRAIN_TEMPLATES)
 
 
-METHOD = Method("full", FullConfig, "Every parameter of the model.", build)
+METHOD = Method(
+    "full", FullConfig,
+    "everything (default learning rate 1e-5: the paper's 5e-4 is unstable here)",
+    build,
+    vit_b16=ParamCount(149_620_737),
+    trains=r"^clip\.",
+)

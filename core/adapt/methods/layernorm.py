@@ -7,9 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from core.adapt.methods.base import Method, RecipeBase
-
-TRAIN_TEMPLATES = ["a photo of a {}."]
+from core.adapt.methods.base import Method, ParamCount, RecipeBase
+from core.adapt.methods.common import TRAIN_TEMPLATES
 
 
 class LayerNormConfig(RecipeBase):
@@ -27,4 +26,17 @@ def build(clip, classnames, tokenizer, recipe: LayerNormConfig):
     return TemplateHead(tokenizer, classnames, recipe.templates or TRAIN_TEMPLATES)
 
 
-METHOD = Method("layernorm", LayerNormConfig, "LayerNorm gamma and beta of both encoders.", build)
+# Every LayerNorm of both towers: the image tower's ln_pre, ln_post and block norms, the text blocks'
+# norms and ln_final.
+LAYERNORM_NAMES = (
+    r"^clip\.(visual\.(ln_pre|ln_post|transformer\.resblocks\.\d+\.ln_[12])|transformer\.resblocks\.\d+\.ln_[12]|ln_final)"
+    r"\.(weight|bias)$"
+)
+
+METHOD = Method(
+    "layernorm", LayerNormConfig,
+    "gamma and beta of every LayerNorm in both encoders (optionally the last K blocks)",
+    build,
+    vit_b16=ParamCount(65_536),
+    trains=LAYERNORM_NAMES,
+)

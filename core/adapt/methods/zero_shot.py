@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from core.adapt.methods.base import Method, RecipeBase
+from core.adapt.methods.base import Method, ParamCount, RecipeBase
 
 
 def openai_templates() -> list[str]:
@@ -26,4 +26,10 @@ def build(clip, classnames, tokenizer, recipe: ZeroShotConfig):
     return TemplateHead(tokenizer, classnames, recipe.templates or openai_templates())
 
 
-METHOD = Method("zero_shot", ZeroShotConfig, "Template-ensembled zero-shot classifier; trains nothing.", build)
+METHOD = Method(
+    "zero_shot", ZeroShotConfig,
+    "nothing: class embeddings ensembled over the 80 OpenAI ImageNet templates",
+    build,
+    vit_b16=ParamCount(0),
+    trains=r"(?!)",  # matches no name
+)

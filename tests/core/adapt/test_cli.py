@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from core.adapt.methods import METHODS
 from core.cli import app
 from tests.helpers.digits import write_digits_folder
 from tests.helpers.pretrained import TINY_CONFIG
@@ -24,7 +25,9 @@ def run(*args: str, ok: bool = True):
 def test_methods_lists_every_combination(tmp_path):
     rows = json.loads(run("methods", "--model-config", TINY_CONFIG, "--classes", "3", "--json").stdout)
     combos = {(r["method"], r["layernorm"]) for r in rows}
-    assert ("compacter", "init") in combos and ("zero_shot", "none") in combos and len(rows) == 15
+    expected = sum(3 if method.config.supports_layernorm else 1 for method in METHODS.values())
+    assert ("compacter", "init") in combos and ("zero_shot", "none") in combos and len(rows) == expected
+    assert all(r["vit_b16"] == str(METHODS[r["method"]].vit_b16) for r in rows)
     probe = next(r for r in rows if r["method"] == "linear_probe" and r["layernorm"] == "none")
     assert probe["trainable_params"] == 3 * (64 + 1)
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from core.adapt.adapted import build_adapted, plan_stages
 from core.adapt.artifact import load_artifact, read_manifest, save_artifact
 from core.adapt.methods import METHODS
+from core.adapt.methods.layernorm import LAYERNORM_NAMES
 from core.adapt.recipe import parse_recipe
 from core.adapt.trainer import train
 
@@ -23,22 +24,12 @@ CASES = [
 ]
 IDS = [f"{name}-{mode}" for name, mode in CASES]
 
-LAYERNORM = re.compile(r"^clip\.(visual\.(ln_pre|ln_post|transformer\.resblocks\.\d+\.ln_[12])|transformer\.resblocks\.\d+\.ln_[12]|ln_final)\.(weight|bias)$")
+LAYERNORM = re.compile(LAYERNORM_NAMES)
 VISUAL_LAYERNORM = re.compile(r"^clip\.visual\.")
-# What each method trains, by parameter name (independent of how the method is written).
-OWN = {
-    "zero_shot": lambda n: False,
-    "linear_probe": lambda n: n in {"head.linear.weight", "head.linear.bias"},
-    "prompt_tuning": lambda n: n == "head.ctx",
-    "layernorm": lambda n: bool(LAYERNORM.match(n)),
-    "adapter": lambda n: ".mlp.adapter." in n and n.startswith("clip.transformer."),
-    "compacter": lambda n: (".mlp.adapter." in n and n.startswith("clip.transformer.")) or n == "clip.transformer.compacter_rule",
-    "full": lambda n: n.startswith("clip."),
-}
 
 
 def expected_trained(name: str, mode: str, all_names: list[str]) -> set[str]:
-    own = {n for n in all_names if OWN[name](n)}
+    own = {n for n in all_names if re.match(METHODS[name].trains, n)}
     if mode == "none":
         return own
     layernorms = {n for n in all_names if LAYERNORM.match(n)}
