@@ -26,8 +26,9 @@ class Stage:
     epochs: int
 
 
-def plan_stages(recipe: RecipeBase) -> list[Stage]:
-    epochs = recipe.resolved_epochs()
+def plan_stages(recipe: RecipeBase, train_size: int | None = None) -> list[Stage]:
+    """The stages of a recipe; `train_size` (training images) for methods whose schedule is in steps."""
+    epochs = recipe.resolved_epochs(train_size)
     main = Stage(recipe.method, recipe, joint_layernorm=recipe.layernorm == "joint", epochs=epochs)
     if recipe.layernorm != "init":
         return [main]
@@ -94,6 +95,16 @@ def build_adapted(clip: nn.Module, recipe: RecipeBase, classnames: list[str], to
         model = prepare_stage(clip, stage, classnames, tokenizer, preprocess)
         trained |= set(model.trainable_parameters())
     return model, trained
+
+
+def merge_for_prediction(model: AdaptedModel, recipe: RecipeBase) -> AdaptedModel:
+    """Fold every stage's trained structure into the base weights (methods with a `merge`); the model
+    computes the same outputs, at the base model's speed, and can no longer be trained."""
+    for stage in plan_stages(recipe):
+        merge = METHODS[stage.recipe.method].merge
+        if merge is not None:
+            merge(model.clip)
+    return model
 
 
 def count_trainable(clip: nn.Module, recipe: RecipeBase, num_classes: int, tokenizer, preprocess: dict) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.adapt.adapted import AdaptedModel, build_adapted
+from core.adapt.adapted import AdaptedModel, build_adapted, merge_for_prediction
 from core.adapt.models import ClipBase
 from core.adapt.recipe import parse_recipe
 from core.adapt.trainer import TrainResult
@@ -104,7 +104,8 @@ def check_base(manifest: dict[str, Any], base: ClipBase) -> None:
 
 
 def load_artifact(path: str | Path, base: ClipBase) -> AdaptedModel:
-    """Rebuild the adapted model on a copy of `base`; same outputs as the model that was saved."""
+    """Rebuild the adapted model on a copy of `base`, for prediction; same outputs as the model that was
+    saved (methods with a `merge` are folded into the base weights)."""
     path = Path(path)
     manifest = read_manifest(path)
     check_base(manifest, base)
@@ -126,4 +127,4 @@ def load_artifact(path: str | Path, base: ClipBase) -> AdaptedModel:
             if params[name].shape != tensor.shape:
                 raise ArtifactError(f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(params[name].shape)}")
             params[name].copy_(tensor)
-    return model.requires_grad_(False).eval()
+    return merge_for_prediction(model, recipe).requires_grad_(False).eval()

@@ -177,6 +177,7 @@ def evaluate(
 ) -> dict[str, Any]:
     if len(images) == 0:
         return {}
+    model.eval()  # dropout (LoRA's) is for training steps only
     feats, labels = features if features is not None else encode_split(model.encode_images, images, device)
     if class_embeddings is None:
         class_embeddings = model.class_embeddings()
@@ -214,6 +215,7 @@ def _fit(
         torch.set_rng_state(resume.torch_rng_state)
 
     image_frozen = not model.image_tower_trains()
+    model.eval()  # what is computed once here is computed as at evaluation (no dropout)
     fixed_classes = None
     if not model.text_side_trains():
         with torch.no_grad():
@@ -226,6 +228,7 @@ def _fit(
         views = [encode_split(model.encode_images, splits.train, device) for _ in range(min(recipe.feature_views, stage.epochs))]
 
     for epoch in range(start_epoch, stage.epochs + 1):
+        model.train()  # `evaluate` switched to eval mode after the previous epoch
         batches = torch.randperm(size, generator=generator).split(batch_size)
         if views is not None:
             features_of_view, labels_of_view = views[(epoch - 1) % len(views)]
@@ -333,7 +336,7 @@ def train(
         recipe, decision = choose_recipe(recipe, zero_shot_accuracy, shots)
         callbacks.on_message(f"auto picked {decision['picked']}: {decision['reason']}")
 
-    stages = plan_stages(recipe)
+    stages = plan_stages(recipe, train_size=len(parts.train))
     run = _Run(recipe, decision, history=list(resume.history) if resume else [])
     for index, stage in enumerate(stages):
         model = prepare_stage(clip, stage, dataset.classnames, base.tokenizer, preprocess)
@@ -347,7 +350,7 @@ def train(
         callbacks.on_stage_start(index, stage.name, stage.epochs)
         _fit(model, index, stage, splits, callbacks, device, generator, run, stage_resume)
 
-    model.requires_grad_(False)
+    model.requires_grad_(False).eval()
     return TrainResult(
         adapted=model,
         recipe=recipe,

@@ -84,7 +84,9 @@ class RecipeBase(BaseModel):
             raise ValueError(f"method '{method}' cannot be combined with LayerNorm tuning (use 'none')")
         return mode
 
-    def resolved_epochs(self) -> int:
+    def resolved_epochs(self, train_size: int | None = None) -> int:
+        """Epochs to train. `train_size` (training images, when known) is for methods whose schedule is
+        given in optimizer steps rather than epochs; the paper's is not."""
         if self.epochs is not None:
             return self.epochs
         return 100 if self.shots is None or self.shots <= LOW_DATA_MAX_SHOTS else 50
@@ -121,7 +123,8 @@ class Method:
     trainable-parameter count on ViT-B/16 with default settings (checked on the real architecture by
     tests/core/adapt/test_counts.py); `trains` a regular expression matching the names (in
     `AdaptedModel.named_parameters()`) of exactly the parameters it trains, which the method tests check
-    `build` against.
+    `build` against; `merge` (optional) folds the method's trained structure into the base weights once
+    training is over.
     """
 
     name: str
@@ -130,3 +133,7 @@ class Method:
     build: Callable[[Any, list[str], Any, Any], "Head"]
     vit_b16: ParamCount
     trains: str
+    # For prediction: fold what the method added into the base weights (e.g. low-rank updates), so a
+    # loaded artifact runs as fast as the base model. Called on every artifact after its tensors are
+    # loaded; it may remove the method's parameters. None: nothing to fold.
+    merge: Callable[[Any], None] | None = None
