@@ -3,7 +3,7 @@
 The key, the file name and the recipe's `method` literal are the same string.
 """
 
-from core.adapt.methods import adapter, compacter, full, layernorm, linear_probe, prompt_tuning, zero_shot
+from core.adapt.methods import adapter, compacter, full, layernorm, linear_probe, lora, prompt_tuning, zero_shot
 from core.adapt.methods.base import LayerNormMode, Method, ParamCount, RecipeBase
 
 METHODS: dict[str, Method] = {
@@ -14,6 +14,7 @@ METHODS: dict[str, Method] = {
     "adapter": adapter.METHOD,
     "compacter": compacter.METHOD,
     "full": full.METHOD,
+    "lora": lora.METHOD,
 }
 
 __all__ = ["METHODS", "LayerNormMode", "Method", "ParamCount", "RecipeBase"]
