@@ -165,17 +165,46 @@ def methods(
     emit(rows, as_json, text)
 
 
+def recipe_fields(recipe_file: Path | None, options: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    """A recipe as the API receives it: the --recipe file, then the options given, then each --set.
+    Validation is left to the same pydantic model as the API's (`parse_recipe`)."""
+    fields: dict[str, Any] = {}
+    if recipe_file is not None:
+        try:
+            fields = json.loads(recipe_file.read_text())
+        except OSError as exc:
+            fail(f"cannot read recipe {recipe_file}: {exc.strerror or exc}")
+        except json.JSONDecodeError as exc:
+            fail(f"recipe {recipe_file} is not valid JSON: {exc}")
+        if not isinstance(fields, dict):
+            fail(f"recipe {recipe_file} must be a JSON object of recipe fields, not {type(fields).__name__}")
+    fields.update({key: value for key, value in options.items() if value is not None})
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key.strip():
+            fail(f"--set {setting!r}: expected KEY=VALUE, e.g. --set rank=4")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # plain text, e.g. --set method=lora
+        fields[key.strip()] = value
+    fields.setdefault("method", "layernorm")
+    return fields
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder, manifest or archive.")],
     out: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")],
-    method: Annotated[str, typer.Option("--method", help="A method name, or 'auto'.")] = "layernorm",
-    layernorm: Annotated[str, typer.Option("--layernorm", help="none, joint or init.")] = "none",
+    recipe_file: Annotated[Optional[Path], typer.Option("--recipe", help="Recipe JSON file (the API's `recipe` object); the options below override it.")] = None,
+    settings: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE for any recipe field, including a method's own (rank, bottleneck, n_ctx, phm_n ...); VALUE is read as JSON when it parses (2e-4, null, [\"q\",\"v\"]), else as text. Repeatable; applied last.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="A method name, or 'auto'. Default: layernorm.")] = None,
+    layernorm: Annotated[Optional[str], typer.Option("--layernorm", help="none, joint or init.")] = None,
     shots: Annotated[Optional[int], typer.Option("--shots", help="Training images per class; omit for all.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Default: 100 up to 16 shots, 50 above.")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Default: the method's (100 up to 16 shots, 50 above).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Default: 0.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Default: the method's.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default: 32.")] = None,
     model: ModelOpt = None,
     model_config: ModelConfigOpt = None,
     pretrained: PretrainedOpt = None,
@@ -190,9 +219,9 @@ def train(
     from core.adapt.recipe import parse_recipe
     from core.adapt.trainer import TrainingDiverged, train as run_training
 
-    fields = {"method": method, "shots": shots, "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size}
-    if layernorm != "none":
-        fields["layernorm"] = layernorm
+    options = {"method": method, "layernorm": layernorm, "shots": shots, "epochs": epochs, "seed": seed, "lr": lr,
+               "batch_size": batch_size}
+    fields = recipe_fields(recipe_file, options, settings or [])
     try:
         recipe = parse_recipe(fields)
     except ValidationError as exc:

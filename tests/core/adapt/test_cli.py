@@ -85,3 +85,32 @@ def test_bad_input_gets_a_clear_error(tmp_path, trained):
     result = run("predict", "--artifact", out, not_image, ok=False)
     assert result.exit_code == 2 and "notes.png" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_train_takes_every_recipe_field_from_a_file_and_set(tmp_path, trained, tiny_weights):
+    data, _, _ = trained
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"method": "compacter", "bottleneck": 8, "phm_n": 2, "shots": 2, "epochs": 3}))
+    summary = json.loads(run("train", "--data", data, "--model-config", TINY_CONFIG, "--pretrained", tiny_weights,
+                             "--recipe", recipe, "--epochs", "1", "--set", "bottleneck=4", "--set", "lr=1e-3",
+                             "--set", 'templates=["a digit: {}."]', "--out", tmp_path / "out", "--json").stdout)
+    assert {k: summary["recipe"][k] for k in ("method", "bottleneck", "phm_n", "shots", "epochs", "lr", "templates")} == {
+        "method": "compacter", "bottleneck": 4, "phm_n": 2, "shots": 2, "epochs": 1, "lr": 1e-3, "templates": ["a digit: {}."]}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--set", "rank"], "expected KEY=VALUE"),
+     (["--set", "method=adapter", "--set", "n_ctx=4"], "n_ctx: Extra inputs are not permitted"),
+     (["--set", "method=adapter", "--set", "bottleneck=0"], "bottleneck: Input should be greater than or equal to 1"),
+     (["--recipe", "RECIPE"], "is not valid JSON"),
+     (["--recipe", "MISSING"], "cannot read recipe")],
+)
+def test_bad_recipe_settings_get_a_clear_error(tmp_path, trained, args, message):
+    data, _, _ = trained
+    (tmp_path / "bad.json").write_text("{method: adapter}")
+    paths = {"RECIPE": tmp_path / "bad.json", "MISSING": tmp_path / "none.json"}
+    result = run("train", "--data", data, "--model-config", TINY_CONFIG, "--out", tmp_path / "x",
+                 *[paths.get(a, a) for a in args], ok=False)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "x").exists()
