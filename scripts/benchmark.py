@@ -41,7 +41,7 @@ from core.adapt.methods import METHODS, RecipeBase  # noqa: E402
 from core.adapt.models import ClipBase, ModelSpec, load_base_model  # noqa: E402
 from core.adapt.predictor import BatchingPredictor, Predictor, zero_shot_model  # noqa: E402
 from core.adapt.recipe import parse_recipe  # noqa: E402
-from core.adapt.trainer import autocast  # noqa: E402
+from core.adapt.trainer import autocast, train_step  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -137,17 +137,10 @@ class StepRunner:
                     self.fixed_classes = model.class_embeddings()
 
     def step(self) -> None:
-        with autocast(self.device):
-            if self.features is not None:
-                features = self.features
-            else:
-                with torch.set_grad_enabled(not self.image_frozen):
-                    features = self.model.encode_images(self.images)
-            classes = self.fixed_classes if self.fixed_classes is not None else self.model.class_embeddings()
-            loss = F.cross_entropy(self.model.logits(features, classes).float(), self.labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        # The trainer's own step (core.adapt.trainer.train_step), on cached features where it caches them.
+        inputs = self.features if self.features is not None else self.images
+        train_step(self.model, self.optimizer, inputs, self.labels, self.device,
+                   features_given=self.features is not None, fixed_classes=self.fixed_classes)
 
     def encode_seconds_per_image(self, repeats: int, batch: int = 64) -> float:
         """Feature caching encodes in batches of 64, as the trainer does."""

@@ -185,6 +185,36 @@ def evaluate(
     return classification_metrics(labels.tolist(), predictions.cpu().tolist(), model.classnames)
 
 
+def train_step(
+    model: AdaptedModel,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    features_given: bool = False,
+    fixed_classes: torch.Tensor | None = None,
+) -> float:
+    """One optimizer step on a batch; returns its loss. `inputs` are images, or with `features_given`
+    cached image features; `fixed_classes` are the class embeddings when nothing on the text side
+    trains (computed once by the caller). The image tower runs without autograd when it is frozen.
+    Raises TrainingDiverged, without stepping, when the loss is not finite."""
+    with autocast(device):
+        if features_given:
+            features = inputs
+        else:
+            with torch.set_grad_enabled(model.image_tower_trains()):
+                features = model.encode_images(inputs)
+        classes = fixed_classes if fixed_classes is not None else model.class_embeddings()
+        loss = F.cross_entropy(model.logits(features, classes).float(), labels)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"loss became {value}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return value
+
+
 def _fit(
     model: AdaptedModel,
     stage_index: int,
@@ -239,22 +269,13 @@ def _fit(
         for inputs, labels in source:
             if callbacks.should_stop():
                 raise TrainingCancelled()
-            inputs, labels = inputs.to(device), labels.to(device)
-            with autocast(device):
-                if views is not None:
-                    features = inputs
-                else:
-                    with torch.set_grad_enabled(not image_frozen):
-                        features = model.encode_images(inputs)
-                classes = fixed_classes if fixed_classes is not None else model.class_embeddings()
-                loss = F.cross_entropy(model.logits(features, classes).float(), labels)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} in stage '{stage.name}', epoch {epoch}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            try:
+                loss = train_step(model, optimizer, inputs.to(device), labels.to(device), device,
+                                  features_given=views is not None, fixed_classes=fixed_classes)
+            except TrainingDiverged as exc:
+                raise TrainingDiverged(f"{exc} in stage '{stage.name}', epoch {epoch}; lower the learning rate") from None
             scheduler.step()
-            total_loss += loss.item() * len(labels)
+            total_loss += loss * len(labels)
             seen += len(labels)
 
         val = evaluate(model, splits.val, device, features=val_features, class_embeddings=fixed_classes)

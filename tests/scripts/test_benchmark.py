@@ -23,5 +23,5 @@ def test_benchmark_runs_every_section():
                   "## Prediction latency", "## Prediction throughput", "## Throughput per method"):
         assert title in result.stdout
     table = result.stdout.split("## Training")[1].split("##")[0]
-    for method in ("linear_probe", "prompt_tuning", "layernorm", "adapter", "compacter", "full"):
+    for method in ("linear_probe", "prompt_tuning", "layernorm", "adapter", "compacter", "full", "lora"):
         assert method in table
