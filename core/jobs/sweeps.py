@@ -161,11 +161,14 @@ class SweepSpace(BaseModel):
         return trials
 
 
+MAX_TRIALS = 1000  # one request stores this many jobs at most
+
+
 class SweepBudget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_trials: int | None = Field(
-        None, ge=1, le=1000, description="Most trials; a larger grid keeps its first recipes (every seed of each)."
+        None, ge=1, le=MAX_TRIALS, description="Most trials; a larger grid keeps its first recipes (every seed of each)."
     )
     max_device_minutes: float | None = Field(
         None, gt=0, description="Most training minutes summed over trials; once spent, queued trials are cancelled."
@@ -375,6 +378,8 @@ def create_sweep(
     commits, then dispatches the jobs."""
     trials = space.expand()
     grid_size = len(trials)
+    if grid_size > MAX_TRIALS and budget.max_trials is None:
+        raise SweepError("budget.max_trials", f"the space has {grid_size} trials, more than {MAX_TRIALS}; set budget.max_trials", grid_size)
     if budget.max_trials is not None and budget.max_trials < grid_size:
         per_recipe = len(space.seeds)
         keep = budget.max_trials // per_recipe * per_recipe
