@@ -256,9 +256,15 @@ def _study(db_url: str, sweep: Sweep) -> Any:
 def _create_study(db_url: str, sweep_id: str, trials: Sequence[dict[str, Any]]) -> list[int]:
     """The sweep's study with one Optuna trial per grid point; returns their trial numbers."""
     import optuna
-    from optuna.distributions import CategoricalDistribution
 
     study = optuna.create_study(storage=optuna_storage(db_url), study_name=study_name(sweep_id), direction="maximize")
+    return enqueue_grid(study, trials)
+
+
+def enqueue_grid(study: Any, trials: Sequence[dict[str, Any]]) -> list[int]:
+    """One Optuna trial per grid point, its parameters fixed; returns their trial numbers."""
+    from optuna.distributions import CategoricalDistribution
+
     names = ("method", "layernorm", "lr", "shots", "seed")
     distributions = {n: CategoricalDistribution(list(dict.fromkeys(t.get(n) for t in trials))) for n in names}
     numbers = []
@@ -279,7 +285,11 @@ def trial_stop_rule(settings: Settings, sweep_id: str, trial_number: int) -> Any
         if sweep is None or not PrunerSettings(**sweep.pruner).enabled:
             return None
         study = _study(db_url, sweep)
-    trial = optuna.trial.Trial(study, _trial_id(db_url, sweep_id, trial_number))
+    return stop_rule(optuna.trial.Trial(study, _trial_id(db_url, sweep_id, trial_number)), f"sweep {sweep_id} trial {trial_number}")
+
+
+def stop_rule(trial: Any, label: str) -> Any:
+    """Report (best validation accuracy so far, epochs trained) to an Optuna trial and ask its pruner."""
 
     def rule(best_accuracy: float, epochs_done: int) -> str | None:
         try:
@@ -292,7 +302,7 @@ def trial_stop_rule(settings: Settings, sweep_id: str, trial_number: int) -> Any
                 return (f"successive halving stopped this sweep trial after {epochs_done} epochs "
                         f"(best validation accuracy {best_accuracy:.4f} is not in the top of its rung)")
         except Exception as e:  # noqa: BLE001 - a pruner problem must not fail the trial: it runs on
-            log.warning("sweep %s trial %d: pruner unavailable: %s", sweep_id, trial_number, e)
+            log.warning("%s: pruner unavailable: %s", label, e)
         return None
 
     return rule
