@@ -98,7 +98,7 @@ def run_local_sweep(
 
     from core.adapt.artifact import load_artifact, save_artifact
     from core.adapt.recipe import parse_recipe
-    from core.adapt.trainer import TrainingCancelled, score_split, train
+    from core.adapt.trainer import TrainingCancelled, TrainingDiverged, score_split, train
     from core.jobs.sweeps import _pruner
 
     budget, pruner = budget or SweepBudget(), pruner or PrunerSettings()
@@ -133,6 +133,9 @@ def run_local_sweep(
         except TrainingCancelled:
             job.state, job.val_metrics = JobState.pruned, _jsonable(callbacks.best_val)
             study.tell(job.sweep_trial, state=TrialState.PRUNED)
+        except (TrainingDiverged, ValueError) as e:  # what a job records as `diverged` / `invalid_request`
+            job.state, job.val_metrics, job.error = JobState.failed, _jsonable(callbacks.best_val), {"message": str(e)}
+            study.tell(job.sweep_trial, state=TrialState.FAIL)
         else:
             job.state, job.val_metrics = JobState.succeeded, _jsonable(result.val_metrics)
             job.trainable_params = int(result.trainable_params)

@@ -168,3 +168,26 @@ def test_device_minute_budget_cancels_queued_trials(
     with transaction(settings.resolved_database_url) as session:
         assert "sweep budget spent" in JobRepository(session).events(jobs[1])[-1].message
     assert sweep.state == SweepState.succeeded and sweep.best_job_id == jobs[0]
+
+
+def test_a_trial_whose_worker_stops_mid_training_resumes_and_the_sweep_completes(
+    settings: Settings, make_sweep: Callable[..., tuple[str, list[str]]]
+) -> None:
+    sweep_id, (job_id,) = make_sweep(SweepSpace(methods=["linear_probe"], recipe={**TINY, "epochs": 6}))
+    interrupt = threading.Event()
+    result: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("state", run_job(job_id, settings=settings, interrupt=interrupt)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while _sweep(settings, sweep_id)[2].get(job_id, (0, 0))[1] < 2:
+        assert time.monotonic() < deadline, "the trial did not train"
+        time.sleep(0.02)
+    interrupt.set()  # the worker goes away mid-trial: the job is re-queued with its checkpoint
+    thread.join(timeout=30)
+    assert result["state"] == JobState.queued and _sweep(settings, sweep_id)[0].state == SweepState.running
+    # Another worker resumes it: it reports the epochs before its checkpoint to the pruner again
+    # (ignored by Optuna), trains the rest, and the sweep finishes.
+    assert run_job(job_id, settings=settings) == JobState.succeeded
+    sweep, trials, seconds = _sweep(settings, sweep_id)
+    assert sweep.state == SweepState.succeeded and sweep.best_job_id == job_id and seconds[job_id][1] == 6
+    assert trials[0].attempts == 2
