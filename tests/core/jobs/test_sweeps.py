@@ -191,3 +191,25 @@ def test_a_trial_whose_worker_stops_mid_training_resumes_and_the_sweep_completes
     sweep, trials, seconds = _sweep(settings, sweep_id)
     assert sweep.state == SweepState.succeeded and sweep.best_job_id == job_id and seconds[job_id][1] == 6
     assert trials[0].attempts == 2
+
+
+def test_cli_sweep_writes_trials_and_scores_the_best(tmp_path, example_zip) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from core.cli import app as cli
+
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(cli, [
+        "sweep", "--data", str(example_zip), "--out", str(out), "--model-config", "core/model_configs/clipadapt-tiny.json",
+        "--method", "linear_probe", "--lr", "1e-3", "--lr", "1e-4", "--epochs", "2", "--batch-size", "8", "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["trials"] == 2 and report["epochs_full_grid"] == 4 and report["test_metrics"]["count"] == 6
+    assert (out / "trials" / str(report["best_trial"]) / "manifest.json").exists()
+    assert json.loads((out / "sweep.json").read_text())["best_recipe"] == report["best_recipe"]
+    bad = CliRunner().invoke(cli, ["sweep", "--data", str(example_zip), "--out", str(out), "--model-config",
+                                   "core/model_configs/clipadapt-tiny.json", "--method", "auto"])
+    assert bad.exit_code == 2 and "unknown method 'auto'" in bad.output
