@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from api.errors import install_error_handlers
-from api.routes import datasets, health, jobs, metrics, models, predict
+from api.routes import datasets, health, jobs, metrics, models, predict, sweeps
 from api.uploads import FORM_OVERHEAD, MiB, BodyLimitMiddleware
 from core.jobs.dispatch import EmbeddedRunner, dispatcher_from_settings
 from core.jobs.predict import PredictionService
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.prediction = PredictionService(settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
-    for module in (datasets, models, jobs, predict, health, metrics):
+    for module in (datasets, models, jobs, sweeps, predict, health, metrics):
         app.include_router(module.router)
     return app
 

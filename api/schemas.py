@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 
 from core.adapt.recipe import Recipe, parse_recipe
 from core.jobs.catalog import CatalogEntry
-from core.jobs.models import Dataset, Job, JobEvent, JobMetric, JobState
+from core.jobs.models import Dataset, Job, JobEvent, JobMetric, JobState, Sweep, SweepState
+from core.jobs.sweeps import PrunerSettings, SweepBudget, SweepSpace
 
 # Pagination offsets past any real table; also keeps them inside a 64-bit SQL integer.
 MAX_OFFSET = 2**31 - 1
@@ -123,6 +124,7 @@ class JobPublic(BaseModel):
     metadata: dict[str, Any]
     state: JobState
     dataset_id: str | None
+    sweep_id: str | None = Field(None, description="The sweep this job is a trial of.")
     base_model: str
     recipe: dict[str, Any] = Field(description="The recipe as submitted, with defaults filled in.")
     resolved_recipe: dict[str, Any] | None = Field(
@@ -153,6 +155,7 @@ class JobPublic(BaseModel):
             metadata=job.meta,
             state=job.state,
             dataset_id=job.dataset_id,
+            sweep_id=job.sweep_id,
             base_model=job.base_model,
             recipe=job.recipe,
             resolved_recipe=job.resolved_recipe,
@@ -234,6 +237,7 @@ class ImagePrediction(BaseModel):
 class PredictModel(BaseModel):
     kind: Literal["fine-tuned", "zero-shot"]
     job_id: str | None = None
+    sweep_id: str | None = None
     base_model: str
     classnames: list[str]
 
@@ -241,6 +245,119 @@ class PredictModel(BaseModel):
 class PredictResponse(BaseModel):
     model: PredictModel
     predictions: list[ImagePrediction]
+
+
+# -------------------------------------------------------------------------------------- sweeps
+
+
+class SweepCreate(BaseModel):
+    dataset_id: str
+    base_model: str = Field(description="A base model name from GET /models.")
+    space: SweepSpace = Field(description="What to try: a preset or methods x layernorm, times lrs x shots x seeds.")
+    budget: SweepBudget = Field(default_factory=SweepBudget)
+    pruner: PrunerSettings = Field(default_factory=PrunerSettings, description="Successive halving (Optuna).")
+    name: str | None = Field(None, max_length=255)
+
+
+class LeaderboardRow(BaseModel):
+    method: str
+    layernorm: str
+    lr: float | None
+    shots: int | None
+    seeds: list[int]
+    job_ids: list[str]
+    states: list[JobState]
+    val_accuracy_mean: float | None = Field(description="Best validation accuracy, mean over the recipe's trials (seeds).")
+    val_accuracy_std: float | None = Field(description="Population standard deviation over seeds.")
+    trainable_params: int | None
+    run_seconds: float = Field(description="Training time summed over the recipe's trials.")
+    epochs_trained: int
+    stopped_early: bool = Field(description="A trial of this recipe was stopped by successive halving.")
+    complete: bool = Field(description="Every trial of this recipe trained to the end.")
+    best_job_id: str | None = Field(description="Its best succeeded trial.")
+
+
+class SweepProgress(BaseModel):
+    trials: int
+    states: dict[str, int] = Field(description="Trials per job state.")
+    epochs_trained: int
+    epochs_full_grid: int = Field(description="Epochs the trials would train with no early stopping.")
+    device_minutes: float
+
+
+class SweepPublic(BaseModel):
+    id: str
+    name: str | None
+    state: SweepState
+    dataset_id: str | None
+    base_model: str
+    space: dict[str, Any] = Field(description="The request's search space.")
+    grid_size: int = Field(description="Trials in the expanded space, before max_trials.")
+    budget: dict[str, Any]
+    pruner: dict[str, Any]
+    progress: SweepProgress
+    leaderboard: list[LeaderboardRow] = Field(description="One row per recipe, best first (validation accuracy only).")
+    best_job_id: str | None
+    promoted_job_id: str | None = Field(description="The trial /predict uses for this sweep (the best until promoted).")
+    test_metrics: dict[str, Any] | None = Field(description="The best trial's test metrics; no other trial is scored on test.")
+    error: JobError | None = None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, sweep: Sweep, trials: list[Job], seconds: dict[str, tuple[float, int]], board: list[dict[str, Any]]) -> SweepPublic:
+        from core.jobs.sweeps import trial_epochs
+
+        states: dict[str, int] = {}
+        for job in trials:
+            states[str(job.state)] = states.get(str(job.state), 0) + 1
+        return cls(
+            id=sweep.id,
+            name=sweep.name,
+            state=sweep.state,
+            dataset_id=sweep.dataset_id,
+            base_model=sweep.base_model,
+            space=sweep.space["request"],
+            grid_size=sweep.space["grid_size"],
+            budget=sweep.budget,
+            pruner=sweep.pruner,
+            progress=SweepProgress(
+                trials=len(trials),
+                states=states,
+                epochs_trained=sum(e for _, e in seconds.values()),
+                epochs_full_grid=sum(trial_epochs(job.recipe) for job in trials),
+                device_minutes=sum(s for s, _ in seconds.values()) / 60,
+            ),
+            leaderboard=[LeaderboardRow(**row) for row in board],
+            best_job_id=sweep.best_job_id,
+            promoted_job_id=sweep.promoted_job_id,
+            test_metrics=sweep.test_metrics,
+            error=JobError.model_validate(sweep.error) if sweep.error else None,
+            created_at=sweep.created_at,
+            finished_at=sweep.finished_at,
+        )
+
+
+class SweepSummary(BaseModel):
+    id: str
+    name: str | None
+    state: SweepState
+    dataset_id: str | None
+    base_model: str
+    trials: int
+    best_job_id: str | None
+    promoted_job_id: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepSummary]
+    count: int
+
+
+class SweepPromote(BaseModel):
+    job_id: str | None = Field(None, description="A succeeded trial of the sweep; default: the selected best.")
 
 
 # -------------------------------------------------------------------------------------- health

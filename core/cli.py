@@ -250,6 +250,104 @@ def train(
 
 
 @app.command()
+def sweep(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder, manifest or archive.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the trials' artifacts and sweep.json.")],
+    preset: Annotated[Optional[str], typer.Option("--preset", help="paper (Table 1) or quick (section 6); or give --method.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--method", help="A method to try (repeat the option).")] = None,
+    layernorm: Annotated[Optional[list[str]], typer.Option("--layernorm", help="none, joint or init (repeat).")] = None,
+    lrs: Annotated[Optional[list[float]], typer.Option("--lr", help="Learning rates (repeat); default: each method's.")] = None,
+    shots: Annotated[Optional[list[int]], typer.Option("--shots", help="Shots per class (repeat); default: all.")] = None,
+    seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seeds (repeat); default: 0.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Default: 100 up to 16 shots, 50 above.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_trials: Annotated[Optional[int], typer.Option("--max-trials", min=1)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Most training minutes over all trials.")] = None,
+    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Successive halving; --no-prune runs the full grid.")] = True,
+    reduction_factor: Annotated[int, typer.Option("--reduction-factor", min=2)] = 3,
+    min_resource: Annotated[Optional[int], typer.Option("--min-resource", min=1, help="Epochs before the first rung.")] = None,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    pretrained: PretrainedOpt = None,
+    quick_gelu: QuickGeluOpt = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Try a grid of recipes, stop weak ones early (successive halving), keep the best; a live leaderboard on stderr."""
+    from pydantic import ValidationError
+
+    from core.jobs.local_sweep import run_local_sweep, summary
+    from core.jobs.sweeps import PrunerSettings, SweepBudget, SweepError, SweepSpace
+
+    try:
+        space = SweepSpace(
+            preset=preset, methods=methods or None, layernorm=layernorm or None, lrs=lrs or [None],
+            shots=shots or [None], seeds=seeds or [0],
+            recipe={"batch_size": batch_size} | ({"epochs": epochs} if epochs is not None else {}),
+        )
+        budget = SweepBudget(max_trials=max_trials, max_device_minutes=max_minutes)
+        pruner = PrunerSettings(enabled=prune, reduction_factor=reduction_factor, min_resource=min_resource)
+        space.expand()
+    except (ValidationError, SweepError) as exc:
+        fail(f"invalid sweep: {exc}")
+    base = load_base(model_spec(model, model_config, pretrained, quick_gelu))
+    dataset = load_data(data)
+    out.mkdir(parents=True, exist_ok=True)
+    table = LiveLeaderboard(quiet=as_json)
+    try:
+        with table:
+            result = run_local_sweep(base, dataset, space, budget=budget, pruner=pruner, out=out, device=device, on_update=table.update)
+    except ValueError as exc:
+        fail(str(exc))
+    report = summary(result)
+    best = result.best()
+    text = (f"wrote {out}: {report['epochs_trained']} of {report['epochs_full_grid']} epochs trained; "
+            + (f"best trial {best.sweep_trial} ({best.recipe['method']}/{best.recipe['layernorm']} lr={best.recipe['lr']}"
+               f" seed={best.recipe['seed']}): val accuracy {best.val_metrics['accuracy']:.4f}"
+               + (f", test accuracy {result.test_metrics['accuracy']:.4f}" if result.test_metrics else "")
+               + f"; artifact {out / 'trials' / str(best.sweep_trial)}" if best else "no trial succeeded"))
+    emit(report, as_json, text)
+
+
+class LiveLeaderboard:
+    """The sweep's leaderboard, redrawn on stderr as trials train (rich)."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.quiet = quiet
+        self.live = Live(console=Console(stderr=True), refresh_per_second=4, transient=False)
+
+    def __enter__(self):
+        if not self.quiet:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.live.__exit__(*exc)
+
+    def update(self, sweep) -> None:
+        if self.quiet:
+            return
+        from rich.table import Table
+
+        table = Table(title=f"sweep: {sweep.epochs_trained} of {sweep.epochs_full_grid} epochs", title_justify="left")
+        for column in ("recipe", "lr", "shots", "val acc (mean ± std)", "params", "time", "trials"):
+            table.add_column(column)
+        for row in sweep.leaderboard():
+            mean, std = row["val_accuracy_mean"], row["val_accuracy_std"]
+            table.add_row(
+                f"{row['method']}/{row['layernorm']}", str(row["lr"] or "default"), str(row["shots"] or "all"),
+                "-" if mean is None else f"{mean:.4f} ± {std:.4f}",
+                "-" if row["trainable_params"] is None else f"{row['trainable_params']:,}",
+                f"{row['run_seconds']:.0f}s", " ".join(str(s) for s in row["states"]),
+            )
+        self.live.update(table)
+
+
+@app.command()
 def evaluate(
     artifact: Annotated[Path, typer.Option("--artifact", help="Artifact directory.")],
     data: Annotated[Path, typer.Option("--data", help="Dataset: its test split if it has one, else every image.")],

@@ -17,7 +17,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "CLIPADAPT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("CLIPADAPT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-TABLES = ("job_metric", "job_event", "job", "dataset", "api_key")
+TABLES = ("job_metric", "job_event", "job", "sweep", "dataset", "api_key")
 
 
 def require_service(name: str, error: Exception | None) -> None:

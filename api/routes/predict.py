@@ -13,6 +13,7 @@ from core.jobs.models import JobState
 from core.jobs.predict import ImageTooLarge
 from core.jobs.repository import JobRepository
 from core.jobs.storage import StorageError
+from core.jobs.sweeps import SweepRepository
 from core.jobs.telemetry import observe_prediction
 
 router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
@@ -59,6 +60,9 @@ def predict(
     owner: OwnerDep,
     images: Annotated[list[UploadFile], File(description="One or more images.")],
     job_id: Annotated[str | None, Form(description="A succeeded job's fine-tuned model.")] = None,
+    sweep_id: Annotated[
+        str | None, Form(description="A sweep's model: its promoted trial, else its selected best.")
+    ] = None,
     base_model: Annotated[str | None, Form(description="Zero-shot: a base model name.")] = None,
     classnames: Annotated[
         list[str] | None,
@@ -66,20 +70,27 @@ def predict(
     ] = None,
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
 ) -> PredictResponse:
-    """Classify images with a fine-tuned model (job_id) or zero-shot (base_model + classnames)."""
+    """Classify images with a fine-tuned model (job_id or sweep_id) or zero-shot (base_model + classnames)."""
     from core.adapt.data import DatasetError
 
     started = time.perf_counter()
     if len(images) > settings.max_predict_images:
         raise field_error("images", f"at most {settings.max_predict_images} images per request", len(images))
-    if (job_id is None) == (base_model is None):
-        raise APIError(422, "validation_error", "give either job_id, or base_model with classnames")
+    if [job_id, sweep_id, base_model].count(None) != 2:
+        raise APIError(422, "validation_error", "give one of job_id, sweep_id, or base_model with classnames")
     max_bytes = settings.max_image_mb * 1024 * 1024
     for i, image in enumerate(images):
         if image.size is not None and image.size > max_bytes:
             name = image.filename or f"image{i}"
             raise APIError(413, "image_too_large", f"image {name} is larger than {settings.max_image_mb} MiB")
 
+    if sweep_id is not None:
+        sweep = SweepRepository(session).get(sweep_id, owner=owner)
+        if sweep is None:  # another owner's sweep is as unknown as a missing one
+            raise field_error("sweep_id", "no sweep with this id", sweep_id)
+        job_id = sweep.promoted_job_id or sweep.best_job_id
+        if job_id is None:
+            raise APIError(409, "model_unavailable", f"sweep {sweep_id} is {sweep.state} and has no best trial yet")
     if job_id is not None:
         job = JobRepository(session).get(job_id, owner=owner)
         if job is None:  # another owner's job is as unknown as a missing one
@@ -89,6 +100,7 @@ def predict(
         model = PredictModel(
             kind="fine-tuned",
             job_id=job.id,
+            sweep_id=sweep_id,
             base_model=job.base_model,
             classnames=job.dataset.classnames if job.dataset else [],
         )

@@ -328,11 +328,13 @@ def train(
     callbacks: TrainCallbacks | None = None,
     device: str | torch.device | None = None,
     resume: Checkpoint | None = None,
+    score_test: bool = True,
 ) -> TrainResult:
     """Run a recipe on a dataset; returns the adapted model with its metrics. The base is not modified.
 
     With `resume` (a checkpoint of an earlier run of the same recipe on the same data and base), training
-    continues after the checkpoint's epoch."""
+    continues after the checkpoint's epoch. `score_test=False` leaves the test split alone (a search
+    over recipes scores it only for the one it selects, with `score_split`)."""
     callbacks = callbacks or NoCallbacks()
     device = resolve_device(device)
     torch.manual_seed(recipe.seed)
@@ -381,8 +383,19 @@ def train(
         trained_names=run.trained,
         history=run.history,
         val_metrics=evaluate(model, splits.val, device),
-        test_metrics=evaluate(model, splits.test, device) or None,
+        test_metrics=(evaluate(model, splits.test, device) or None) if score_test else None,
         auto_decision=decision,
         split_sizes={"train": len(parts.train), "val": len(parts.val), "test": len(parts.test),
                      "shots_per_class_min": min(Counter(s.label for s in parts.train).values())},
     )
+
+
+def score_split(
+    model: AdaptedModel, dataset: Dataset, recipe: RecipeBase, split: str = "test", device: str | torch.device | None = None
+) -> dict[str, Any]:
+    """Metrics of a trained model on one split of the k-shot sampling its recipe trained on (the
+    same `shots`, `seed` and `val_per_class` give the same split as in `train`)."""
+    device = resolve_device(device)
+    parts = make_splits(dataset, recipe.shots, recipe.seed, recipe.val_per_class)
+    _, eval_tf = build_transforms(**model.preprocess)
+    return evaluate(model.to(device), ImageSamples(getattr(parts, split), eval_tf), device)

@@ -1,4 +1,4 @@
-"""ORM models: API keys, datasets, jobs, job events and per-epoch job metrics.
+"""ORM models: API keys, datasets, jobs, job events, per-epoch job metrics and sweeps.
 
 Datasets and jobs belong to an ``owner`` (the owner named on the API key that created them); with
 authentication disabled everything belongs to ``LOCAL_OWNER``.
@@ -64,10 +64,28 @@ class JobState(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    # A sweep trial its pruner stopped early (successive halving): it ended on purpose, with the
+    # validation metrics of its best epoch so far, and no artifact.
+    pruned = "pruned"
 
     @property
     def active(self) -> bool:
         return self in (JobState.queued, JobState.running)
+
+
+TERMINAL_STATES = (JobState.succeeded, JobState.failed, JobState.cancelled, JobState.pruned)
+
+
+class SweepState(enum.StrEnum):
+    running = "running"  # trials queued or training
+    finishing = "finishing"  # every trial ended, the best is chosen; its test split is being scored
+    succeeded = "succeeded"
+    failed = "failed"  # no trial succeeded
+    cancelled = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (SweepState.running, SweepState.finishing)
 
 
 ACTIVE_STATES = (JobState.queued, JobState.running)
@@ -148,6 +166,10 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     cancel_requested_at: Mapped[datetime | None] = mapped_column()
 
+    # The sweep this job is a trial of, and its Optuna trial number there.
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweep.id", ondelete="SET NULL"), index=True)
+    sweep_trial: Mapped[int | None] = mapped_column(Integer)
+
     dataset: Mapped[Dataset | None] = relationship(lazy="joined")
 
 
@@ -178,3 +200,37 @@ class JobMetric(Base):
     seconds: Mapped[float | None] = mapped_column()
     images: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Sweep(Base):
+    """A hyperparameter sweep: a grid of recipes, each an ordinary job (a trial) on the same
+    dataset, split and seeds; weak trials are pruned by successive halving (core.jobs.sweeps)."""
+
+    __tablename__ = "sweep"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[SweepState] = mapped_column(
+        Enum(SweepState, name="sweep_state", native_enum=False, length=16, validate_strings=True),
+        default=SweepState.running,
+        index=True,
+    )
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("dataset.id", ondelete="SET NULL"), index=True)
+    base_model: Mapped[str] = mapped_column(String(255))
+    base_model_spec: Mapped[dict[str, Any]] = mapped_column()
+    # What was asked: {"preset": ..., "space": {...}, "recipe": {...}} and the expanded grid.
+    space: Mapped[dict[str, Any]] = mapped_column()
+    # {"max_trials": int | None, "max_device_minutes": float | None}
+    budget: Mapped[dict[str, Any]] = mapped_column()
+    # SuccessiveHalvingPruner arguments: {"min_resource", "reduction_factor", "min_early_stopping_rate"}
+    pruner: Mapped[dict[str, Any]] = mapped_column()
+    # Job ids, not foreign keys: job.sweep_id already points here, and a cycle of foreign keys
+    # would make inserts and drops order-dependent.
+    best_job_id: Mapped[str | None] = mapped_column(String(32))
+    promoted_job_id: Mapped[str | None] = mapped_column(String(32))
+    test_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()

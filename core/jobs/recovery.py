@@ -1,6 +1,7 @@
 """Recovery: jobs whose worker died are re-queued and dispatched again (or failed once they have
 used their attempts), and jobs stored while the broker was down (the outbox, ``dispatch_pending``)
-are dispatched once it is back. Every Celery worker and the API run the loop; running it twice at
+are dispatched once it is back, and sweeps whose last step a dead worker never took are finished
+(``core.jobs.sweeps.advance_sweeps``). Every Celery worker and the API run the loop; running it twice at
 once is harmless: re-queueing is a conditional update of the job row, and a task delivered twice is
 skipped by run_job's claim.
 
@@ -110,7 +111,9 @@ class RecoveryLoop:
             self.run_once()
 
     def run_once(self) -> None:
-        for step in (requeue_expired_leases, dispatch_pending):
+        from core.jobs.sweeps import advance_sweeps
+
+        for step in (requeue_expired_leases, dispatch_pending, advance_sweeps):
             try:
                 step(self.settings, self.submit)
             except OperationalError as e:  # the database is away (a restart): try again next period

@@ -17,6 +17,7 @@ from core.jobs.models import (
     JobEvent,
     JobMetric,
     JobState,
+    TERMINAL_STATES,
     utcnow,
 )
 
@@ -205,7 +206,7 @@ class JobRepository:
         job.error = error
         if state != JobState.running:
             job.lease_owner = job.lease_expires_at = None
-        if state in (JobState.succeeded, JobState.failed, JobState.cancelled):
+        if state in TERMINAL_STATES:
             job.finished_at = utcnow()
         self.add_event(job.id, message, state=state)
 

@@ -22,6 +22,7 @@ import traceback
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -98,6 +99,12 @@ class LeaseKeeper:
             self.cancel_requested.set()
 
 
+# Asked after every epoch with (best validation accuracy so far, epochs trained so far): a reason
+# to stop the job early (it then ends ``pruned``: stopped on purpose, its metrics kept), or None.
+# Sweeps give their trials one (successive halving, core.jobs.sweeps); other jobs have none.
+EarlyStopRule = Callable[[float, int], "str | None"]
+
+
 class JobCallbacks:
     """core.adapt TrainCallbacks that write progress, metrics, events and checkpoints."""
 
@@ -112,6 +119,7 @@ class JobCallbacks:
         checkpoint_every_s: float = 0.0,
         scratch: Path | None = None,
         db_retry_s: float = 0.0,
+        early_stop: EarlyStopRule | None = None,
     ) -> None:
         self.db_url = db_url
         self.job_id = job_id
@@ -123,6 +131,10 @@ class JobCallbacks:
         # A database restart shorter than this does not stop training: writes wait for it.
         self.db_retry_s = db_retry_s
         self.train_images: int | None = None  # per epoch, once the run knows its training split
+        self.early_stop = early_stop
+        self.epochs_done = 0  # epochs trained over all stages (set past the checkpoint on resume)
+        self.best_accuracy: float | None = None
+        self.stop_reason: str | None = None  # set when `early_stop` asked to stop
         self._last_checkpoint = time.monotonic()
         self._epoch_started = time.monotonic()
 
@@ -178,6 +190,14 @@ class JobCallbacks:
                 job.val_metrics = _jsonable(report.val)
 
         self._write(work, f"metrics of epoch {report.epoch}")
+        self.epochs_done += 1
+        accuracy = report.val.get("accuracy") if report.val else None
+        if accuracy is not None:
+            self.best_accuracy = max(float(accuracy), self.best_accuracy or float("-inf"))
+        if self.early_stop is not None and self.best_accuracy is not None and self.stop_reason is None:
+            # The rule sees the best validation accuracy so far (the epoch the job would keep) and
+            # the epochs trained so far over every stage: its resource.
+            self.stop_reason = self.early_stop(self.best_accuracy, self.epochs_done)
 
     def on_message(self, message: str) -> None:
         self._write(lambda session: JobRepository(session).add_event(self.job_id, message), "event")
@@ -205,7 +225,7 @@ class JobCallbacks:
 
     def should_stop(self) -> bool:
         # Only flags: the lease thread talks to the database.
-        return self.interrupt.is_set() or self.cancel_requested or self.lease_lost
+        return self.interrupt.is_set() or self.cancel_requested or self.lease_lost or self.stop_reason is not None
 
 
 def _jsonable(value: Any) -> Any:
@@ -247,7 +267,27 @@ def run_job(
     checkpoint is kept, so the next attempt resumes. Log records carry the job id.
     """
     with job_context(job_id):
-        return _run_job(job_id, settings, interrupt)
+        state = _run_job(job_id, settings, interrupt)
+        if state is not None and state != JobState.queued:
+            _after_sweep_trial(settings or get_settings(), job_id)
+        return state
+
+
+def _after_sweep_trial(settings: Settings, job_id: str) -> None:
+    """If the job is a sweep trial: record its outcome with the sweep's pruner and move the sweep
+    on (finishing it after its last trial). Failures here are the recovery loop's to retry; the
+    job's own result is already stored."""
+    try:
+        with transaction(settings.resolved_database_url) as session:
+            job = JobRepository(session).get(job_id)
+            sweep_id = job.sweep_id if job else None
+        if sweep_id is None:
+            return
+        from core.jobs.sweeps import trial_ended
+
+        trial_ended(settings, job_id)
+    except Exception:  # noqa: BLE001 - the recovery loop finishes what this could not
+        log.exception("job %s: its sweep was not updated; the recovery loop will", job_id)
 
 
 def _run_job(job_id: str, settings: Settings | None, interrupt: threading.Event | None) -> JobState | None:
@@ -266,19 +306,28 @@ def _run_job(job_id: str, settings: Settings | None, interrupt: threading.Event 
         spec, recipe, dataset_id = job.base_model_spec, job.recipe, job.dataset_id
         archive = job.dataset.archive_key if job.dataset else None
         attempt = job.attempts
+        sweep_id, sweep_trial = job.sweep_id, job.sweep_trial
     log.info("job %s started (attempt %d) by %s", job_id, attempt, worker)
 
     storage = get_storage(settings)
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
+    early_stop = None
+    if sweep_id is not None and sweep_trial is not None:
+        from core.jobs.sweeps import trial_stop_rule
+
+        early_stop = trial_stop_rule(settings, sweep_id, sweep_trial)
     with LeaseKeeper(db_url, job_id, worker, lease) as keeper:
         callbacks = JobCallbacks(
             db_url, job_id, interrupt, keeper,
             storage=storage, checkpoint_every_s=settings.checkpoint_every_s, scratch=scratch,
-            db_retry_s=settings.job_lease_s,
+            db_retry_s=settings.job_lease_s, early_stop=early_stop,
         )
         try:
-            outcome = _train_and_store(settings, job_id, spec, recipe, dataset_id, archive, callbacks, worker)
+            # A sweep scores the test split of the trial it selects only (no test-set peeking).
+            outcome = _train_and_store(
+                settings, job_id, spec, recipe, dataset_id, archive, callbacks, worker, score_test=sweep_id is None
+            )
         except JobFailure as failure:
             return _finish_failed(db_url, storage, job_id, worker, failure, within=settings.job_lease_s)
         except OperationalError:
@@ -299,10 +348,12 @@ def _run_job(job_id: str, settings: Settings | None, interrupt: threading.Event 
             return None
         if job.cancel_requested_at is not None:
             repo.set_state(job, JobState.cancelled, "job cancelled")
+        elif callbacks.stop_reason is not None:
+            repo.set_state(job, JobState.pruned, f"job stopped early: {callbacks.stop_reason}")
         else:
             repo.requeue(job, "interrupted by worker shutdown; re-queued")
         state = job.state
-    if state == JobState.cancelled:
+    if state in (JobState.cancelled, JobState.pruned):
         _delete_checkpoint(storage, job_id)
     return state
 
@@ -316,6 +367,8 @@ def _train_and_store(
     archive: str | None,
     callbacks: JobCallbacks,
     worker: str,
+    *,
+    score_test: bool = True,
 ) -> JobState | None:
     import torch
     from pydantic import ValidationError
@@ -354,9 +407,14 @@ def _train_and_store(
     resume = _load_checkpoint(storage, job_id, callbacks.scratch)
     with transaction(db_url) as session:
         # Epochs after the checkpoint (all of them without one) are trained again: forget their metrics.
-        JobRepository(session).drop_metrics_after(job_id, *((resume.stage, resume.epoch) if resume else (0, 0)))
+        repo = JobRepository(session)
+        repo.drop_metrics_after(job_id, *((resume.stage, resume.epoch) if resume else (0, 0)))
+        kept = repo.metrics(job_id)
+        callbacks.epochs_done = len(kept)
+        accuracies = [m.val["accuracy"] for m in kept if m.val and "accuracy" in m.val]
+        callbacks.best_accuracy = max(accuracies) if accuracies else None
     try:
-        result = train(base, dataset, recipe, callbacks=callbacks, device=device, resume=resume)
+        result = train(base, dataset, recipe, callbacks=callbacks, device=device, resume=resume, score_test=score_test)
     except TrainingCancelled:
         return None
 

@@ -29,7 +29,7 @@ def test_zero_shot_top_k_and_cache(client: TestClient, images: dict[str, bytes])
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == {"kind": "zero-shot", "job_id": None, "base_model": "clipadapt-tiny", "classnames": ["cat", "dog", "bird"]}
+    assert body["model"] == {"kind": "zero-shot", "job_id": None, "sweep_id": None, "base_model": "clipadapt-tiny", "classnames": ["cat", "dog", "bird"]}
     assert [p["filename"] for p in body["predictions"]] == list(images)[:3]
     for prediction in body["predictions"]:
         labels = prediction["labels"]
