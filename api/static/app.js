@@ -327,7 +327,8 @@ function lineChart(title, metrics, value, id) {
   const opts = {
     width: 520, height: 240,
     scales: { x: { time: false } },
-    axes: [{ label: "epoch" }, {}],
+    // Whole epochs on the x axis (uPlot would otherwise tick at fractions on short runs).
+    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }, {}],
     series: [{ label: "epoch" }, ...stages.map(([, name], i) => ({ label: name, stroke: colors[i % 4], width: 2, points: { show: true } }))],
   };
   charts.push(new window.uPlot(opts, [xs, ...ys], box));
@@ -358,7 +359,7 @@ async function jobPage(id) {
       live ? h("button", { type: "button", id: "job-cancel", class: "secondary", onclick: async () => {
         try { await api(`jobs/${id}/cancel`, { method: "POST" }); route(); } catch (x) { showError(err, x); }
       } }, job.cancel_requested_at ? "Cancelling…" : "Cancel job") : null,
-      job.artifact_available ? h("a", { href: "#", id: "job-artifact", role: "button", onclick: (e) => { e.preventDefault(); download(id).catch((x) => showError(err, x)); } }, "Download artifact (.tar.gz)") : null,
+      job.artifact_available ? h("button", { type: "button", id: "job-artifact", class: "secondary", onclick: () => download(id).catch((x) => showError(err, x)) }, "Download artifact (.tar.gz)") : null,
       job.state === "succeeded" ? h("a", { href: `#/predict?job=${id}` }, "Predict with it") : null),
     err);
   const parts = [head, h("h2", {}, "Training curves")];
@@ -413,6 +414,7 @@ function modelChooser(prefix, jobs, bases, preselect) {
 async function predictPage(params) {
   const { data } = await api("models");
   const jobs = data.filter((m) => m.kind === "fine-tuned"), bases = data.filter((m) => m.kind === "base");
+  const jobName = (id) => jobs.find((j) => j.job_id === id)?.description || id;
   const a = modelChooser("a", jobs, bases, params.get("job"));
   const b = modelChooser("b", jobs, bases, null);
   const compare = h("input", { type: "checkbox", id: "compare" });
@@ -439,7 +441,7 @@ async function predictPage(params) {
     form.append("top_k", topk.value || "3");
     return api("predict", { method: "POST", body: form });
   };
-  const column = (res) => h("div", {}, h("h2", {}, res.model.kind === "fine-tuned" ? `job ${res.model.job_id}` : `${res.model.base_model} zero-shot`),
+  const column = (res) => h("div", {}, h("h2", {}, res.model.kind === "fine-tuned" ? `fine-tuned: ${jobName(res.model.job_id)}` : `${res.model.base_model} zero-shot`),
     h("div", { class: "cards" }, res.predictions.map((p, i) => h("div", { class: "card prediction" },
       h("img", { src: URL.createObjectURL(chosen[i]), alt: p.filename }), h("strong", {}, p.filename),
       h("ul", { class: "bars" }, p.labels.map((l) => h("li", {}, h("span", { class: "label" }, l.label), h("div", { class: "bar", style: `width:${(100 * l.probability).toFixed(1)}%` }), h("span", { class: "num" }, pct(l.probability)))))))));

@@ -117,6 +117,8 @@ def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> Non
     assert "succeeded" in text_of("#events")
     assert driver.find_elements(By.ID, "job-artifact")
     shot("job")
+    driver.execute_script("document.getElementById('confusion').scrollIntoView()")
+    shot("job-evaluation")
 
     driver.get(f"{url}/#/jobs")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f"#jobs a[href='#/jobs/{job_id}']")))
@@ -148,5 +150,5 @@ def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> Non
 
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, f"browser console errors: {errors}"
-    for name in ("datasets", "new-job", "job", "jobs", "predict", "models"):
+    for name in ("datasets", "new-job", "job", "job-evaluation", "jobs", "predict", "models"):
         assert (SHOTS / f"{name}.png").stat().st_size > 1000
