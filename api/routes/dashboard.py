@@ -39,7 +39,7 @@ class EstimateRequest(BaseModel):
     base_model: str = Field(description="Name of a base model from GET /models.")
     recipe: dict[str, Any] = Field(description="A recipe as POST /jobs takes it.")
     dataset_id: str | None = Field(None, description="Counts classes and images from this dataset.")
-    num_classes: int | None = Field(None, ge=1, le=100_000, description="Without a dataset: number of classes.")
+    num_classes: int | None = Field(None, ge=1, le=10_000, description="Without a dataset: number of classes.")
 
 
 class StageEstimate(BaseModel):

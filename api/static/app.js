@@ -234,14 +234,16 @@ async function newJobPage(params) {
   const estimate = h("div", { id: "estimate", role: "status", "aria-live": "polite" });
   const err = errorBox();
 
-  let timer = null;
+  let timer = null, latest = 0;
   const refreshEstimate = () => {
     clearTimeout(timer);
     timer = setTimeout(async () => {
       if (!dataset.value) return;
+      const ticket = ++latest; // a slower, older answer must not overwrite a newer one
       estimate.textContent = "Estimating…";
       try {
         const e = await postJSON("recipes/estimate", { base_model: base.value, dataset_id: dataset.value, recipe: readRecipe(form, method.value) });
+        if (ticket !== latest) return;
         estimate.replaceChildren(
           h("p", {}, h("strong", {}, "Trainable parameters: "), h("span", { id: "est-params" }, fmtInt(e.trainable_params)),
             e.error ? h("span", { class: "hint" }, ` (${e.error})`) : null),
@@ -249,7 +251,7 @@ async function newJobPage(params) {
             e.stages.length > 1 ? ` (${e.stages.map((s) => `${s.name} ${s.epochs}`).join(" + ")})` : "",
             e.train_images ? ` over ${fmtInt(e.train_images)} training images per epoch, ${fmtInt(e.stages.reduce((a, s) => a + s.steps, 0))} steps; ` : "; ",
             h("span", { id: "est-time" }, duration(e.seconds))));
-      } catch (x) { estimate.replaceChildren(h("p", { class: "error" }, x.message)); }
+      } catch (x) { if (ticket === latest) estimate.replaceChildren(h("p", { class: "error" }, x.message)); }
     }, 300);
   };
   const renderFields = () => {
