@@ -136,17 +136,17 @@ def _seconds_per_image(session: Any, owner: str, base_model: str) -> float | Non
 
 
 class Thumbnail(BaseModel):
+    class_id: str
     name: str
     split: str
     data_url: str = Field(description=f"A JPEG at most {THUMB_PX} px on its longer side, as a data: URL.")
 
 
 class Thumbnails(BaseModel):
-    class_id: str
     data: list[Thumbnail]
 
 
-def _thumbnails(settings: Any, storage: Any, archive_key: str, filename: str, class_index: int, limit: int) -> list[Thumbnail]:
+def _thumbnails(settings: Any, storage: Any, dataset: Any, classes: list[int], limit: int) -> list[Thumbnail]:
     from PIL import Image
 
     from core.adapt.data import load_dataset, open_image
@@ -154,20 +154,22 @@ def _thumbnails(settings: Any, storage: Any, archive_key: str, filename: str, cl
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="clipadapt-thumbs-", dir=scratch) as tmp:
-        archive = Path(tmp) / Path(filename).name
-        storage.get_file(archive_key, archive)
+        archive = Path(tmp) / Path(dataset.filename).name
+        storage.get_file(dataset.archive_key, archive)
         # Already validated on upload: skip decoding every image again.
         loaded = load_dataset(archive, extract_dir=Path(tmp) / "data", verify_images=False, limits=archive_limits(settings))
+        taken = dict.fromkeys(classes, 0)
         out = []
-        for sample in (s for s in loaded.samples if s.label == class_index):
-            if len(out) >= limit:
-                break
+        for sample in loaded.samples:
+            if taken.get(sample.label, limit) >= limit:
+                continue
+            taken[sample.label] += 1
             img = open_image(sample.path)
             img.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.BICUBIC)
             buf = io.BytesIO()
             img.convert("RGB").save(buf, "JPEG", quality=80)
             out.append(Thumbnail(
-                name=sample.path.name, split=sample.split or "train",
+                class_id=loaded.class_ids[sample.label], name=sample.path.name, split=sample.split or "train",
                 data_url="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(),
             ))
         return out
@@ -180,17 +182,18 @@ async def dataset_thumbnails(
     settings: SettingsDep,
     storage: StorageDep,
     owner: OwnerDep,
-    class_id: Annotated[str, Query(alias="class", description="A class id of the dataset.")],
-    limit: Annotated[int, Query(ge=1, le=32)] = 8,
+    class_id: Annotated[
+        str | None, Query(alias="class", description="A class id of the dataset; omitted: every class.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=32, description="Thumbnails per class.")] = 8,
 ) -> Thumbnails:
-    """Small sample images of one class (the first `limit`, train split first)."""
+    """Small sample images per class (the first `limit` of each, in dataset order). One call for every
+    class extracts the archive once, so the dashboard asks for all of them together."""
     dataset = DatasetRepository(session).get(dataset_id, owner=owner)
     if dataset is None:
         raise not_found("dataset", dataset_id)
-    if class_id not in dataset.class_ids:
+    if class_id is not None and class_id not in dataset.class_ids:
         raise APIError(404, "not_found", f"dataset {dataset_id} has no class {class_id!r}")
-    index = dataset.class_ids.index(class_id)
-    data = await run_in_threadpool(
-        _thumbnails, settings, storage, dataset.archive_key, dataset.filename, index, limit
-    )
-    return Thumbnails(class_id=class_id, data=data)
+    classes = [dataset.class_ids.index(class_id)] if class_id is not None else list(range(len(dataset.class_ids)))
+    data = await run_in_threadpool(_thumbnails, settings, storage, dataset, classes, limit)
+    return Thumbnails(data=data)

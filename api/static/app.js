@@ -158,15 +158,18 @@ async function renderDatasets(list, open = null) {
     let loaded = false;
     const load = () => {
       if (loaded) return; loaded = true;
+      const thumbsOf = Object.fromEntries(ds.class_ids.map((cid) => [cid, h("div", { class: "thumbs" })]));
+      // One request for every class: the server extracts the archive once.
+      api(`datasets/${ds.id}/thumbnails?limit=6`).then((t) => {
+        for (const im of t.data) {
+          const i = ds.class_ids.indexOf(im.class_id);
+          thumbsOf[im.class_id].append(h("img", { src: im.data_url, alt: `${ds.classnames[i]}: ${im.name} (${im.split})`, title: `${im.name} (${im.split})` }));
+        }
+      }).catch((x) => body.append(h("p", { class: "error" }, `thumbnails: ${x.message}`)));
       const table = h("table", { class: "counts" },
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "class"), splits.map((s) => h("th", { scope: "col", class: "num" }, s)), h("th", { scope: "col" }, "samples"))),
-        h("tbody", {}, ds.class_ids.map((cid, i) => {
-          const thumbs = h("div", { class: "thumbs" });
-          api(`datasets/${ds.id}/thumbnails?class=${encodeURIComponent(cid)}&limit=6`).then((t) => {
-            thumbs.replaceChildren(...t.data.map((im) => h("img", { src: im.data_url, alt: `${ds.classnames[i]}: ${im.name} (${im.split})`, title: `${im.name} (${im.split})` })));
-          }).catch((x) => thumbs.replaceChildren(h("span", { class: "error" }, x.message)));
-          return h("tr", {}, h("th", { scope: "row" }, ds.classnames[i]), splits.map((s) => h("td", { class: "num" }, ds.split_counts[s][cid] ?? 0)), h("td", {}, thumbs));
-        })));
+        h("tbody", {}, ds.class_ids.map((cid, i) => h("tr", {}, h("th", { scope: "row" }, ds.classnames[i]),
+          splits.map((s) => h("td", { class: "num" }, ds.split_counts[s][cid] ?? 0)), h("td", {}, thumbsOf[cid])))));
       body.append(h("p", {}, `id ${ds.id} · file ${ds.filename} · `, h("a", { href: `#/new?dataset=${ds.id}` }, "train a model on it")), table);
     };
     details.addEventListener("toggle", () => details.open && load());
@@ -385,7 +388,10 @@ async function jobPage(id) {
   }
   parts.push(h("h2", {}, "Events"), h("div", { class: "events", id: "events", tabindex: "0", "aria-label": "Events log" },
     h("ul", {}, events.data.map((e) => h("li", {}, `${when(e.created_at)} · ${e.state ? `[${e.state}] ` : ""}${e.message}`)))));
+  const focused = main.contains(document.activeElement) ? document.activeElement.id : null;
   page(`Job ${job.name || job.id}`, ...parts);
+  // The page is rebuilt every poll: give keyboard focus back to the control that had it.
+  if (focused) document.getElementById(focused)?.focus();
   if (live) pollTimer = setTimeout(() => jobPage(id).catch(fail), 2000);
 }
 

@@ -69,7 +69,7 @@ def test_estimate_reports_a_model_that_cannot_be_built(make_settings, database_u
 def test_thumbnails_are_small_images_of_the_class(client: TestClient, dataset: dict) -> None:
     cid = dataset["class_ids"][1]
     out = client.get(f"/datasets/{dataset['id']}/thumbnails", params={"class": cid, "limit": 3}).json()
-    assert out["class_id"] == cid and len(out["data"]) == 3
+    assert len(out["data"]) == 3 and {t["class_id"] for t in out["data"]} == {cid}
     for thumb in out["data"]:
         header, data = thumb["data_url"].split(",", 1)
         assert header == "data:image/jpeg;base64"
@@ -77,6 +77,9 @@ def test_thumbnails_are_small_images_of_the_class(client: TestClient, dataset: d
         assert img.format == "JPEG" and max(img.size) <= THUMB_PX
     assert_error(client.get(f"/datasets/{dataset['id']}/thumbnails", params={"class": "nope"}), 404, "not_found")
     assert client.get(f"/datasets/{dataset['id']}/thumbnails", params={"class": cid, "limit": 0}).status_code == 422
+    # Without a class: `limit` of every class from one extraction (8 images per class in the example).
+    every = client.get(f"/datasets/{dataset['id']}/thumbnails", params={"limit": 5}).json()["data"]
+    assert [t["class_id"] for t in every].count(cid) == 5 and {t["class_id"] for t in every} == set(dataset["class_ids"])
 
 
 def test_thumbnails_are_owner_isolated(settings: Settings, dataset: dict) -> None:
