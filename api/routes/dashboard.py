@@ -4,7 +4,9 @@ recipe's cost before it is submitted, and dataset thumbnails; plus the page itse
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -59,12 +61,21 @@ class Estimate(BaseModel):
     error: str | None = Field(None, description="Why the parameter count is missing (the model could not be built).")
 
 
-def _count_trainable(spec: dict[str, Any], recipe: Any, classes: int) -> int:
-    # Built on the real architecture, as `clipadapt methods` counts (imports torch: off the event loop).
-    from core.adapt.adapted import count_trainable
+@functools.lru_cache(maxsize=1)
+def _architecture(spec_json: str) -> Any:
+    """The base model's architecture with random weights: counts do not depend on the weights, and this
+    never downloads any. The last one is kept, as the form asks again on every change."""
     from core.adapt.models import ModelSpec, load_base_model
 
-    base = load_base_model(ModelSpec(**spec))
+    return load_base_model(ModelSpec(**{**json.loads(spec_json), "pretrained": None}))
+
+
+def _count_trainable(spec: dict[str, Any], recipe: Any, classes: int) -> int:
+    # Built on the real architecture, as `clipadapt methods` counts (imports torch: off the event loop).
+    # count_trainable adapts a deep copy, so the cached model stays unadapted.
+    from core.adapt.adapted import count_trainable
+
+    base = _architecture(json.dumps(spec, sort_keys=True))
     return count_trainable(base.model, recipe, classes, base.tokenizer, base.preprocess)
 
 
