@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from api.errors import install_error_handlers
-from api.routes import datasets, health, jobs, metrics, models, predict, sweeps
+from api.routes import dashboard, datasets, health, jobs, metrics, models, predict, sweeps
 from api.uploads import FORM_OVERHEAD, MiB, BodyLimitMiddleware
 from core.jobs.dispatch import EmbeddedRunner, dispatcher_from_settings
 from core.jobs.predict import PredictionService
@@ -19,6 +21,8 @@ from core.logs import configure_logging
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("api")
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def body_limits(settings: Settings):
@@ -69,8 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.prediction = PredictionService(settings)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
-    for module in (datasets, models, jobs, sweeps, predict, health, metrics):
+    for module in (dashboard, datasets, models, jobs, sweeps, predict, health, metrics):
         app.include_router(module.router)
+    # The dashboard (a single page of ES modules, no build step) at `/`. Mounted last, so every API
+    # route and /docs match first; `html=True` serves index.html for `/`.
+    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="dashboard")
     return app
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure Postgres and Redis answer on 127.0.0.1 (the tests' defaults): start them when they are
-# installed but stopped, install them (apt-get) when missing. Idempotent; used by .ci/run.
+# installed but stopped, install them (apt-get) when missing; install chromium + chromium-driver if missing. Idempotent; used by .ci/run.
 set -euo pipefail
 
 SUDO=""
@@ -60,5 +60,16 @@ ensure_redis() {
   wait_for redis sh -c 'redis-cli -h 127.0.0.1 ping | grep -q PONG'
 }
 
+# The dashboard's browser test (tests/e2e/test_dashboard.py) drives Debian's headless chromium through
+# its chromedriver; nothing downloads a browser at test time.
+ensure_chromium() {
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    echo "ensure-services: chromium and chromedriver are installed"
+    return
+  fi
+  apt_install chromium chromium-driver
+}
+
 ensure_postgres
 ensure_redis
+ensure_chromium
