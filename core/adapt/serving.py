@@ -1,0 +1,286 @@
+"""Serving many fine-tuned models from one base model: the base is loaded once per device, and a
+fine-tuned model in memory is only what makes it differ from the base at inference time.
+
+At inference a fine-tuned CLIP classifier is image features -> logits. Everything on the text side
+(prompt vectors, adapters, compacters, text LayerNorms, templates) only ever produces the class
+embeddings, which `save_artifact` precomputes into `classifier.safetensors`; so a served model is
+- its classifier: class embeddings [C, D] and the logit scale, or the linear probe's weight and bias;
+- its image-tower tensors, if training touched the image tower (LayerNorm tuning alone or jointly, or
+  full fine-tuning): a few hundred kilobytes of LayerNorm gamma/beta, read from the artifact's weights.
+
+Loading one ("cold") reads those few tensors and builds no module and runs no text tower, so a cold
+first prediction costs about a warm one. Models whose image tower is the base's share one image-tower
+forward per batch; the others run grouped per model through `torch.func.functional_call` with their
+tensors over the shared base (no copy of the backbone). Full fine-tuning's delta is its whole image
+tower, which is the copy that method needs anyway.
+
+`functional_call` swaps tensors on the shared modules for the duration of a call, so every image
+forward of one engine runs on its single worker thread; callers preprocess images on their own threads
+and wait on a future. Concurrent requests, for the same or different models, are batched together there.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from core.adapt import fast
+from core.adapt.artifact import CLASSIFIER_FILE, WEIGHTS_FILE, ArtifactError, check_base, classifier_tensors, load_artifact, read_manifest
+from core.adapt.data import build_transforms
+from core.adapt.models import ClipBase
+from core.adapt.trainer import autocast
+
+VISUAL_PREFIX = "clip.visual."
+
+
+@dataclass(eq=False)
+class Delta:
+    """What one fine-tuned model adds to its base at inference time."""
+
+    classnames: list[str]
+    visual: dict[str, torch.Tensor]  # image-tower tensors by name under `clip.visual`; empty: the base's
+    classifier: dict[str, torch.Tensor]  # logit_scale + class_embeddings, or linear.weight + linear.bias
+
+    @property
+    def projected(self) -> bool:
+        """Text classifiers use CLIP-space image embeddings; the linear probe the features before."""
+        return "class_embeddings" in self.classifier
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.visual.values(), *self.classifier.values()))
+
+    def to(self, device: torch.device) -> Delta:
+        move = lambda tensors: {name: t.to(device, non_blocking=True) for name, t in tensors.items()}  # noqa: E731
+        return Delta(self.classnames, move(self.visual), move(self.classifier))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The same arithmetic as the heads in `core.adapt.modules` (Head.logits, LinearHead.logits)."""
+        c = self.classifier
+        if "class_embeddings" in c:
+            features = F.normalize(features, dim=-1)
+            return c["logit_scale"].exp() * features @ c["class_embeddings"].to(features.dtype).T
+        weight = c["linear.weight"]
+        return F.linear(features.to(weight.dtype), weight, c["linear.bias"])
+
+
+def load_delta(path: str | Path, base: ClipBase) -> Delta:
+    """Read a fine-tuned model's delta from its artifact: the classifier file and the image-tower tensors.
+
+    Artifacts written before `classifier.safetensors` existed are rebuilt once with `load_artifact`."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    check_base(manifest, base)
+    try:
+        classifier = load_file(path / CLASSIFIER_FILE)
+    except FileNotFoundError:
+        with torch.no_grad():
+            classifier = classifier_tensors(load_artifact(path, base))
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path / CLASSIFIER_FILE}: {exc}") from exc
+    visual: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(path / WEIGHTS_FILE, framework="pt") as weights:
+            # Only the image tower's tensors are read: the text side is already in the class embeddings.
+            for name in weights.keys():
+                if name.startswith(VISUAL_PREFIX):
+                    visual[name[len(VISUAL_PREFIX):]] = weights.get_tensor(name)
+    except (FileNotFoundError, OSError) as exc:
+        raise ArtifactError(f"cannot read {path / WEIGHTS_FILE}: {exc}") from exc
+    return Delta(list(manifest["classnames"]), visual, classifier)
+
+
+def zero_shot_delta(base: ClipBase, classnames: list[str], templates: list[str] | None = None) -> Delta:
+    """A zero-shot classifier (template ensemble) as a delta: class embeddings from the base's text tower."""
+    from core.adapt.methods.zero_shot import openai_templates
+    from core.adapt.modules import TemplateHead
+
+    head = TemplateHead(base.tokenizer, classnames, templates or openai_templates()).to(base.model.logit_scale.device)
+    with torch.no_grad():
+        embeddings = head.class_embeddings(base.model)
+    return Delta(list(classnames), {}, {"logit_scale": base.model.logit_scale.detach().clone(), "class_embeddings": embeddings})
+
+
+class _ImageFeatures(nn.Module):
+    """The image tower as a module whose parameters `functional_call` can replace by name ("visual.*").
+    Returns (pooled features before the projection, CLIP-space embeddings or None)."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, images: torch.Tensor, projected: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        visual = self.visual
+        if fast.vision_supported(visual):
+            pooled = fast.encode_image(visual, images, projected=False)
+            if not projected:
+                return pooled, None
+            return pooled, (pooled @ visual.proj if visual.proj is not None else pooled)
+        # open_clip's VisionTransformer.forward minus the projection, as `modules.encode_images` does.
+        pooled, _ = visual._pool(visual.transformer(visual._embeds(images)))
+        return pooled, (visual(images) if projected else None)
+
+
+@dataclass(eq=False)
+class _Request:
+    models: list[Delta]  # already on the engine's device
+    pixels: torch.Tensor
+    done: Future
+
+
+class ServingEngine:
+    """One base model on one device serving any number of deltas, with a worker thread that batches
+    concurrent requests across models (see the module docstring)."""
+
+    def __init__(self, base: ClipBase, device: str | torch.device | None = None, device_cache_size: int = 64,
+                 max_batch: int = 32, max_wait_ms: float = 0.0):
+        self.base = base
+        self.device = torch.device(device) if device else next(base.model.parameters()).device
+        base.model.to(self.device)
+        self.features = _ImageFeatures(base.model.visual)
+        self.visual_shapes = {name: p.shape for name, p in base.model.visual.named_parameters()}
+        _, self.transform = build_transforms(**base.preprocess)
+        self.device_cache_size = device_cache_size
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._on_device: OrderedDict[Hashable, Delta] = OrderedDict()
+        self._lock = threading.Lock()
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="serving-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------ deltas
+
+    def load(self, path: str | Path) -> Delta:
+        delta = load_delta(path, self.base)
+        for name, tensor in delta.visual.items():
+            if self.visual_shapes.get(name) != tensor.shape:
+                raise ArtifactError(f"image-tower tensor {name} of shape {tuple(tensor.shape)} does not fit the base model")
+        return delta
+
+    def on_device(self, key: Hashable, delta: Delta) -> Delta:
+        """The device-resident copy of a host delta, from an LRU of `device_cache_size` of them."""
+        if self.device.type == "cpu":
+            return delta  # host memory is device memory
+        with self._lock:
+            if key in self._on_device:
+                self._on_device.move_to_end(key)
+                return self._on_device[key]
+        moved = delta.to(self.device)
+        with self._lock:
+            self._on_device[key] = moved
+            while len(self._on_device) > self.device_cache_size:
+                self._on_device.popitem(last=False)
+        return moved
+
+    # ------------------------------------------------------------------------------------ prediction
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        size = self.base.image_size
+        if not images:
+            return torch.empty(0, 3, size, size)
+        return torch.stack([self.transform(image.convert("RGB")) for image in images])
+
+    def probabilities(self, models: Sequence[Delta], pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Class probabilities [images, classes] of each model (device-resident deltas) for the same images."""
+        if len(pixels) == 0:
+            return [torch.empty(0, len(model.classnames)) for model in models]
+        done: Future = Future()
+        self._requests.put(_Request(list(models), pixels, done))
+        return done.result()
+
+    def predict(self, models: Sequence[Delta], images: Sequence[Image.Image], top_k: int = 5) -> list[list[list[dict[str, Any]]]]:
+        """Top-k labels per model, per image."""
+        probabilities = self.probabilities(models, self.pixels(images))
+        return [rank(model.classnames, p, top_k) for model, p in zip(models, probabilities)]
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join()
+        self._on_device.clear()
+
+    # ------------------------------------------------------------------------------------ worker
+
+    def _serve(self) -> None:
+        while (first := self._requests.get()) is not None:
+            batch, waiting, stop = [first], len(first.pixels), False
+            deadline = time.monotonic() + self.max_wait
+            # Take what is already queued (and, with max_wait, what arrives in time) up to max_batch images.
+            while waiting < self.max_batch:
+                try:
+                    remaining = deadline - time.monotonic()
+                    request = self._requests.get(timeout=remaining) if remaining > 0 else self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if request is None:
+                    stop = True
+                    break
+                batch.append(request)
+                waiting += len(request.pixels)
+            try:
+                results = self._run(batch)
+            except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error
+                for request in batch:
+                    request.done.set_exception(exc)
+            else:
+                for request, result in zip(batch, results):
+                    request.done.set_result(result)
+            if stop:
+                return
+
+    @torch.no_grad()
+    def _run(self, batch: list[_Request]) -> list[list[torch.Tensor]]:
+        # Group the requests by image tower: None is the base's, shared by every model that leaves it
+        # untouched; a model with image-tower tensors is its own group.
+        groups: dict[int | None, tuple[Delta | None, list[int]]] = {}
+        for i, request in enumerate(batch):
+            for model in request.models:
+                group = groups.setdefault(id(model) if model.visual else None, (model if model.visual else None, []))
+                if not group[1] or group[1][-1] != i:
+                    group[1].append(i)
+        features: dict[tuple[int | None, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        with autocast(self.device):
+            for key, (model, members) in groups.items():
+                pixels = torch.cat([batch[i].pixels for i in members]).to(self.device, non_blocking=True)
+                projected = any(m.projected for i in members for m in batch[i].models if (id(m) if m.visual else None) == key)
+                if model is None:
+                    pooled, embedded = self.features(pixels, projected)
+                else:
+                    params = {f"visual.{name}": t for name, t in model.visual.items()}
+                    pooled, embedded = torch.func.functional_call(self.features, params, (pixels, projected))
+                start = 0
+                for i in members:
+                    n = len(batch[i].pixels)
+                    features[key, i] = (pooled[start : start + n], None if embedded is None else embedded[start : start + n])
+                    start += n
+            results = []
+            for i, request in enumerate(batch):
+                out = []
+                for model in request.models:
+                    pooled, embedded = features[id(model) if model.visual else None, i]
+                    out.append(model.logits(embedded if model.projected else pooled).float().softmax(dim=-1).cpu())
+                results.append(out)
+        return results
+
+
+def rank(classnames: list[str], probabilities: torch.Tensor, top_k: int) -> list[list[dict[str, Any]]]:
+    k = max(1, min(top_k, len(classnames)))
+    top = probabilities.topk(k, dim=-1)
+    return [
+        [{"label": classnames[i], "probability": float(p)} for p, i in zip(values.tolist(), indices.tolist())]
+        for values, indices in zip(top.values, top.indices)
+    ]
