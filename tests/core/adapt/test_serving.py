@@ -15,7 +15,9 @@ from core.adapt.data import open_image
 from core.adapt.methods import METHODS
 from core.adapt.predictor import Predictor, zero_shot_model
 from core.adapt.serving import ServingEngine, load_delta, zero_shot_delta
+from core.adapt.models import ModelSpec, load_base_model
 from tests.helpers.artifacts import synthetic_artifact
+from tests.helpers.pretrained import TINY_CONFIG
 
 CASES = [
     (name, mode)
@@ -24,6 +26,12 @@ CASES = [
 ]
 IDS = [f"{name}-{mode}" for name, mode in CASES]
 TOWER = {("layernorm", "none"), ("full", "none")} | {(n, m) for n, m in CASES if m != "none"}
+
+
+@pytest.fixture(scope="module")
+def tiny_base():
+    """Random weights are enough to compare two computations (and skip the session's pretraining)."""
+    return load_base_model(ModelSpec(name=str(TINY_CONFIG)))
 
 
 @pytest.fixture(scope="module")
