@@ -238,9 +238,20 @@ class PredictModel(BaseModel):
     classnames: list[str]
 
 
-class PredictResponse(BaseModel):
+class ModelPredictions(BaseModel):
     model: PredictModel
     predictions: list[ImagePrediction]
+
+
+class PredictResponse(BaseModel):
+    model: PredictModel = Field(description="The model (with several job ids: the first one).")
+    predictions: list[ImagePrediction]
+    models: list[ModelPredictions] | None = Field(
+        None,
+        description="With several job ids: every model's predictions on the same images, in the order given; "
+        "absent with one model.",
+        exclude_if=lambda value: value is None,
+    )
 
 
 # -------------------------------------------------------------------------------------- health

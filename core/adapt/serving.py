@@ -47,6 +47,10 @@ from core.adapt.trainer import autocast
 VISUAL_PREFIX = "clip.visual."
 
 
+class EngineClosed(RuntimeError):
+    """The engine was closed (evicted from a cache) before the request reached it."""
+
+
 @dataclass(eq=False)
 class Delta:
     """What one fine-tuned model adds to its base at inference time."""
@@ -159,6 +163,7 @@ class ServingEngine:
         self.max_wait = max_wait_ms / 1000
         self._on_device: OrderedDict[Hashable, Delta] = OrderedDict()
         self._lock = threading.Lock()
+        self._closed = False
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="serving-engine", daemon=True)
         self._thread.start()
@@ -200,7 +205,10 @@ class ServingEngine:
         if len(pixels) == 0:
             return [torch.empty(0, len(model.classnames)) for model in models]
         done: Future = Future()
-        self._requests.put(_Request(list(models), pixels, done))
+        with self._lock:  # nothing is queued behind close()'s sentinel, where no worker would see it
+            if self._closed:
+                raise EngineClosed("this serving engine is closed")
+            self._requests.put(_Request(list(models), pixels, done))
         return done.result()
 
     def predict(self, models: Sequence[Delta], images: Sequence[Image.Image], top_k: int = 5) -> list[list[list[dict[str, Any]]]]:
@@ -209,7 +217,11 @@ class ServingEngine:
         return [rank(model.classnames, p, top_k) for model, p in zip(models, probabilities)]
 
     def close(self) -> None:
-        self._requests.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._requests.put(None)
         self._thread.join()
         self._on_device.clear()
 
