@@ -145,6 +145,20 @@ class PredictionService:
 
         return self.predictors.get(key, build)
 
+    def export(self, job_id: str, spec: dict[str, Any], artifact_key: str, fmt: str, out_dir: Any) -> Any:
+        """Export a job's model (core.adapt.export) into out_dir and pack it as out_dir.tar.gz."""
+        import tarfile
+        from pathlib import Path
+
+        from core.adapt.export import export_artifact
+
+        folder = local_artifact(get_storage(self.settings), artifact_key, self.settings.cache_dir, job_id)
+        written = export_artifact(folder, self.base_model(spec), fmt, Path(out_dir) / fmt)
+        archive = Path(out_dir) / f"{job_id}-{fmt}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(written, arcname=f"{job_id}-{fmt}")
+        return archive
+
     def predict_many(self, models: list[ServedModel], images: list[Any], top_k: int) -> list[list[list[dict[str, Any]]]]:
         """Top-k labels of every model for the same images: one request per base model, in which the
         models that leave the image tower alone share one image-tower forward."""

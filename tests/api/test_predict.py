@@ -107,3 +107,20 @@ def test_compare_several_fine_tuned_models(client: TestClient, dataset: dict, se
     assert "at most 16" in assert_error(client.post("/predict", data={"job_id": [f"j{i}" for i in range(17)]},
                                                     files=_files(images, 1)), 422, "validation_error")["message"]
     assert_error(client.post("/predict", data={"job_id": [ids[0], "no-such-job"]}, files=_files(images, 1)), 422, "validation_error")
+
+
+def test_download_exports(client: TestClient, dataset: dict, settings: Settings) -> None:
+    import io
+    import tarfile
+
+    job = client.post("/jobs", json={"dataset_id": dataset["id"], "base_model": "clipadapt-tiny",
+                                     "recipe": {"method": "layernorm", "epochs": 1, "batch_size": 8}}).json()
+    assert_error(client.get(f"/jobs/{job['id']}/artifact", params={"format": "onnx"}), 409, "artifact_unavailable")
+    run_job(job["id"], settings=settings)
+    for fmt, expected in (("onnx", {"model.onnx", "export.json"}),
+                          ("open_clip", {"open_clip_model.safetensors", "open_clip_config.json", "classifier.safetensors"})):
+        response = client.get(f"/jobs/{job['id']}/artifact", params={"format": fmt})
+        assert response.status_code == 200, response.text
+        with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+            assert expected <= {Path(name).name for name in tar.getnames()}
+    assert_error(client.get(f"/jobs/{job['id']}/artifact", params={"format": "tflite"}), 422, "validation_error")
