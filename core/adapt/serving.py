@@ -21,6 +21,8 @@ and wait on a future. Concurrent requests, for the same or different models, are
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import queue
 import threading
 import time
@@ -157,6 +159,10 @@ class ServingEngine:
         base.model.to(self.device)
         self.features = _ImageFeatures(base.model.visual)
         self.visual_shapes = {name: p.shape for name, p in base.model.visual.named_parameters()}
+        visual = base.model.visual
+        self.norms = {name: m for name, m in visual.named_modules() if isinstance(m, nn.LayerNorm) and m.weight is not None}
+        self.norm_params = {f"{name}.{p}" for name in self.norms for p in ("weight", "bias")}
+        self.batched_norms = fast.vision_supported(visual)
         _, self.transform = build_transforms(**base.preprocess)
         self.device_cache_size = device_cache_size
         self.max_batch = max_batch
@@ -254,31 +260,41 @@ class ServingEngine:
             if stop:
                 return
 
+    def _shared(self, model: Delta) -> bool:
+        """Whether a model runs in the shared image-tower pass: the base's tower, or LayerNorm tensors only
+        (applied per sample there), where the fast blocks keep every activation batch-first."""
+        return not model.visual or (self.batched_norms and model.visual.keys() <= self.norm_params)
+
     @torch.no_grad()
     def _run(self, batch: list[_Request]) -> list[list[torch.Tensor]]:
-        # Group the requests by image tower: None is the base's, shared by every model that leaves it
-        # untouched; a model with image-tower tensors is its own group.
-        groups: dict[int | None, tuple[Delta | None, list[int]]] = {}
+        # One shared pass over every request's images, once per (request, LayerNorm model) and once per
+        # request for all base-tower models; models with other image-tower tensors (full) run per model.
+        segments: list[tuple[int, Delta | None]] = []
+        separate: dict[int, tuple[Delta, list[int]]] = {}
         for i, request in enumerate(batch):
             for model in request.models:
-                group = groups.setdefault(id(model) if model.visual else None, (model if model.visual else None, []))
-                if not group[1] or group[1][-1] != i:
-                    group[1].append(i)
+                if not self._shared(model):
+                    members = separate.setdefault(id(model), (model, []))[1]
+                    if i not in members:
+                        members.append(i)
+                elif (i, model if model.visual else None) not in segments:
+                    segments.append((i, model if model.visual else None))
+        projected = any(m.projected for request in batch for m in request.models)
         features: dict[tuple[int | None, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         with autocast(self.device):
-            for key, (model, members) in groups.items():
-                pixels = torch.cat([batch[i].pixels for i in members]).to(self.device, non_blocking=True)
-                projected = any(m.projected for i in members for m in batch[i].models if (id(m) if m.visual else None) == key)
-                if model is None:
-                    pooled, embedded = self.features(pixels, projected)
+            if segments:
+                pixels = torch.cat([batch[i].pixels for i, _ in segments]).to(self.device, non_blocking=True)
+                if any(model is not None for _, model in segments):
+                    with self._per_sample_norms([(len(batch[i].pixels), model) for i, model in segments]):
+                        out = self.features(pixels, projected)
                 else:
-                    params = {f"visual.{name}": t for name, t in model.visual.items()}
-                    pooled, embedded = torch.func.functional_call(self.features, params, (pixels, projected))
-                start = 0
-                for i in members:
-                    n = len(batch[i].pixels)
-                    features[key, i] = (pooled[start : start + n], None if embedded is None else embedded[start : start + n])
-                    start += n
+                    out = self.features(pixels, projected)
+                self._split(out, [(None if m is None else id(m), i) for i, m in segments], batch, features)
+            for key, (model, members) in separate.items():
+                pixels = torch.cat([batch[i].pixels for i in members]).to(self.device, non_blocking=True)
+                params = {f"visual.{name}": t for name, t in model.visual.items()}
+                out = torch.func.functional_call(self.features, params, (pixels, projected))
+                self._split(out, [(key, i) for i in members], batch, features)
             results = []
             for i, request in enumerate(batch):
                 out = []
@@ -287,6 +303,36 @@ class ServingEngine:
                     out.append(model.logits(embedded if model.projected else pooled).float().softmax(dim=-1).cpu())
                 results.append(out)
         return results
+
+    @staticmethod
+    def _split(out, keys, batch, features) -> None:
+        pooled, embedded = out
+        start = 0
+        for key, i in keys:
+            n = len(batch[i].pixels)
+            features[key, i] = (pooled[start : start + n], None if embedded is None else embedded[start : start + n])
+            start += n
+
+    @contextlib.contextmanager
+    def _per_sample_norms(self, segments: list[tuple[int, Delta | None]]):
+        """Each image-tower LayerNorm applies, to each image, the gamma/beta of the model it runs for
+        (S-LoRA-style batching of deltas); the normalization itself is shared. Set on the instances, on
+        the worker thread, only for this call."""
+        try:
+            for name, norm in self.norms.items():
+                weight = torch.cat([(m.visual.get(f"{name}.weight", norm.weight) if m else norm.weight).expand(n, -1) for n, m in segments])
+                bias = torch.cat([(m.visual.get(f"{name}.bias", norm.bias) if m else norm.bias).expand(n, -1) for n, m in segments])
+                norm.forward = functools.partial(_sample_norm, norm, weight, bias)
+            yield
+        finally:
+            for norm in self.norms.values():
+                norm.__dict__.pop("forward", None)
+
+
+def _sample_norm(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    normalized = F.layer_norm(x, norm.normalized_shape, None, None, norm.eps)
+    return normalized * weight.view(shape).to(x.dtype) + bias.view(shape).to(x.dtype)
 
 
 def rank(classnames: list[str], probabilities: torch.Tensor, top_k: int) -> list[list[dict[str, Any]]]:
