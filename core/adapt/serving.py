@@ -9,12 +9,14 @@ embeddings, which `save_artifact` precomputes into `classifier.safetensors`; so 
   full fine-tuning): a few hundred kilobytes of LayerNorm gamma/beta, read from the artifact's weights.
 
 Loading one ("cold") reads those few tensors and builds no module and runs no text tower, so a cold
-first prediction costs about a warm one. Models whose image tower is the base's share one image-tower
-forward per batch; the others run grouped per model through `torch.func.functional_call` with their
-tensors over the shared base (no copy of the backbone). Full fine-tuning's delta is its whole image
-tower, which is the copy that method needs anyway.
+first prediction costs about a warm one (plus a fixed ~1 ms of file reads). Models whose image tower
+is the base's share one image-tower forward per batch; LayerNorm models join that same pass with their
+gamma/beta applied per image (the normalization is shared; S-LoRA batches LoRA adapters the same way).
+Full fine-tuning runs per model through `torch.func.functional_call` with its tensors over the shared
+base (no copy of the backbone); its delta is its whole image tower, the copy that method needs anyway.
 
-`functional_call` swaps tensors on the shared modules for the duration of a call, so every image
+`functional_call` and the per-image LayerNorms swap tensors on the shared modules for the duration of a
+call, so every image
 forward of one engine runs on its single worker thread; callers preprocess images on their own threads
 and wait on a future. Concurrent requests, for the same or different models, are batched together there.
 """
