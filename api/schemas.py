@@ -242,7 +242,7 @@ class PredictModel(BaseModel):
     classnames: list[str]
 
 
-class PredictResponse(BaseModel):
+class ModelPredictions(BaseModel):
     model: PredictModel
     predictions: list[ImagePrediction]
 
@@ -358,6 +358,17 @@ class SweepsPublic(BaseModel):
 
 class SweepPromote(BaseModel):
     job_id: str | None = Field(None, description="A succeeded trial of the sweep; default: the selected best.")
+
+
+class PredictResponse(BaseModel):
+    model: PredictModel = Field(description="The model (with several job ids: the first one).")
+    predictions: list[ImagePrediction]
+    models: list[ModelPredictions] | None = Field(
+        None,
+        description="With several job ids: every model's predictions on the same images, in the order given; "
+        "absent with one model.",
+        exclude_if=lambda value: value is None,
+    )
 
 
 # -------------------------------------------------------------------------------------- health

@@ -445,6 +445,34 @@ def fewshot(
          f"accuracy {result['accuracy']:.4f} ± {result['ci95']:.4f} (95% CI)")
 
 
+@app.command()
+def export(
+    artifact: Annotated[Path, typer.Option("--artifact", help="Artifact directory (from train or a job download).")],
+    format: Annotated[str, typer.Option("--format", help="open_clip: merged checkpoint + classifier; onnx: images -> logits.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write.")],
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    pretrained: PretrainedOpt = None,
+    quick_gelu: QuickGeluOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a fine-tuned model for plain open_clip or ONNX Runtime (base model: the artifact's, or --model)."""
+    from core.adapt.artifact import ArtifactError, read_manifest
+    from core.adapt.export import FORMATS, export_artifact
+    from core.adapt.models import ModelSpec
+
+    if format not in FORMATS:
+        fail(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    try:
+        manifest = read_manifest(artifact)
+        spec = model_spec(model, model_config, pretrained, quick_gelu) if model or model_config else ModelSpec(**manifest["base_model"]["spec"])
+        written = export_artifact(artifact, load_base(spec), format, out)
+    except ArtifactError as exc:
+        fail(str(exc))
+    files = sorted(p.name for p in written.iterdir())
+    emit({"out": str(written), "format": format, "files": files}, as_json, f"wrote {format} export to {written}: {', '.join(files)}")
+
+
 @app.command("pretrain-starter")
 def pretrain_starter(
     out: Annotated[Path, typer.Option("--out", help="Directory to write the model, its card and results to.")],

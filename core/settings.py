@@ -73,11 +73,21 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         4, ge=1, description="Loaded models (base and fine-tuned) kept in memory for /predict."
     )
+    delta_cache_size: int = Field(
+        64, ge=1, description="Fine-tuned models (their deltas over the base) kept on the device for /predict; "
+        "on a CPU host memory is the device's."
+    )
+    served_model_cache_size: int = Field(
+        1024, ge=1, description="Fine-tuned models kept in host memory for /predict, as deltas over their base "
+        "(classifier and image-tower tensors: kilobytes to a few MB each, full fine-tuning its image tower)."
+    )
     predict_batch_size: int = Field(
-        32, ge=1, description="On a GPU, most images of concurrent /predict requests run together (1: no batching)."
+        32, ge=1, description="Most images of concurrent /predict requests (any models on one base) run together "
+        "(1: one request at a time)."
     )
     predict_max_wait_ms: float = Field(
-        5.0, ge=0, le=1000, description="On a GPU, how long a /predict request waits for others to join its batch."
+        5.0, ge=0, le=1000, description="On a GPU, how long a /predict request waits for others to join its batch (on a CPU it "
+        "takes only the requests already waiting: one image at a time runs as fast as several there)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["plain", "json"] = Field(

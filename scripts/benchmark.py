@@ -10,6 +10,8 @@ Sections (all on the same architecture, batch and data; random weights, which co
            build_zero_shot_classifier
   predict  prediction latency of fine-tuned models against a zero-shot one, and throughput with and
            without batching concurrent requests (BatchingPredictor)
+  serving  many fine-tuned models on one base (deltas): memory of 200 models against one base and
+           against a full copy per model, mixed traffic over 50 models against one, cold vs warm
   gpu      (with --device cuda) images/s per method in bf16 and the fraction of the device's peak
 
 Usage: python scripts/benchmark.py [--device cuda] [--sections train,peft,...] [--model ViT-B-16]
@@ -335,8 +337,94 @@ def section_gpu(base: ClipBase, args, device) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
+# ------------------------------------------------------------------------------------------------ serving
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def section_serving(base: ClipBase, args, device) -> None:
+    """Many fine-tuned models on one base (core.adapt.serving) against one full model copy per model."""
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    from core.adapt.artifact import load_artifact
+    from core.adapt.serving import ServingEngine
+    from tests.helpers.artifacts import synthetic_artifact
+
+    cases = [(m, mode) for m, method in METHODS.items() if m != "full"
+             for mode in (("none", "joint", "init") if method.config.supports_layernorm else ("none",))]
+    names = [f"class number {i}" for i in range(args.classes)]
+    root = Path(tempfile.mkdtemp(prefix="clipadapt-serving-bench-"))
+    engine = ServingEngine(base, device, device_cache_size=args.serving_models, max_batch=args.predict_batch)
+    try:
+        paths = [synthetic_artifact(base, m, names, root / f"model{i}", layernorm=mode, seed=i)
+                 for i, (m, mode) in enumerate(cases[i % len(cases)] for i in range(args.serving_models))]
+        base_bytes = sum(t.numel() * t.element_size() for t in [*base.model.parameters(), *base.model.buffers()])
+        rss_before = _rss_bytes()
+        deltas = [engine.on_device(i, engine.load(p)) for i, p in enumerate(paths)]
+        rss_growth = _rss_bytes() - rss_before
+        delta_bytes = sum(d.nbytes for d in deltas)
+        # Today's approach: a deep copy of the base (plus injected modules) per model; measured per method.
+        copy_bytes = {}
+        for i, case in enumerate(cases):
+            model = load_artifact(paths[i], base)
+            copy_bytes[case] = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+            del model
+        full_copy = sum(copy_bytes[cases[i % len(cases)]] for i in range(len(paths)))
+        mb = 1 / 2**20
+        print_table(f"Serving memory, {len(paths)} fine-tuned models ({len(cases)} method/LayerNorm mixes, no full), "
+                    f"{args.classes} classes; target: base + deltas <= 1.3x one base",
+                    ["approach", "MB", "x one base"],
+                    [["one base model", base_bytes * mb, 1.0],
+                     ["base + deltas (tensor bytes)", (base_bytes + delta_bytes) * mb, (base_bytes + delta_bytes) / base_bytes],
+                     ["  process RSS growth loading the deltas", rss_growth * mb, (base_bytes + rss_growth) / base_bytes],
+                     ["full copy per model (today)", full_copy * mb, full_copy / base_bytes]])
+
+        image = Image.fromarray((torch.rand(base.image_size * 2, base.image_size * 2, 3) * 255).byte().numpy())
+        pixels = engine.pixels([image])
+        requests = args.concurrent_requests
+
+        def traffic(models: list) -> float:
+            with ThreadPoolExecutor(requests) as pool:
+                return timed(lambda: list(pool.map(lambda i: engine.probabilities([models[i % len(models)]], pixels), range(requests))),
+                             device, args.predict_repeats)
+
+        single = traffic(deltas[:1])
+        mixed = traffic(deltas[: args.serving_mixed])
+        print_table(f"Mixed traffic, {requests} concurrent one-image requests ({device.type}); target: mixed/single >= 0.8",
+                    ["traffic", "img/s", "x single model"],
+                    [["one model", requests / single, 1.0],
+                     [f"spread over {args.serving_mixed} models", requests / mixed, single / mixed]])
+
+        rows = []
+        for m, mode in (("adapter", "none"), ("layernorm", "none"), ("linear_probe", "joint")):
+            index = cases.index((m, mode))
+            cold_paths = [paths[i] for i in range(index, len(paths), len(cases))][:args.predict_repeats]
+            warm_delta = deltas[index]
+            engine.probabilities([warm_delta], pixels)
+            warm = timed(lambda: engine.probabilities([warm_delta], pixels), device, args.predict_repeats)
+            cold_times = []
+            for j, path in enumerate(cold_paths):  # each model once: its first prediction, from its files
+                start = time.perf_counter()
+                engine.probabilities([engine.on_device(("cold", path), engine.load(path))], pixels)
+                sync(device)
+                cold_times.append(time.perf_counter() - start)
+            cold = statistics.median(cold_times)
+            rows.append([f"{m} ({mode})", warm * 1000, cold * 1000, cold / warm])
+        print_table(f"First prediction of a model not in memory, one image ({device.type}); target: cold/warm <= 1.2",
+                    ["model", "warm ms", "cold ms", "cold/warm"], rows)
+    finally:
+        engine.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 SECTIONS = {"train": section_train, "peft": section_peft, "zeroshot": section_zeroshot, "predict": section_predict,
-            "gpu": section_gpu}
+            "gpu": section_gpu, "serving": section_serving}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -356,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predict-repeats", type=int, default=10)
     parser.add_argument("--concurrent-requests", type=int, default=64)
     parser.add_argument("--predict-batch", type=int, default=32)
+    parser.add_argument("--serving-models", type=int, default=200, help="fine-tuned models in the serving section")
+    parser.add_argument("--serving-mixed", type=int, default=50, help="models the mixed traffic is spread over")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import FileResponse
 
-from api.deps import CatalogDep, DispatcherDep, OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.deps import CatalogDep, DispatcherDep, OwnerDep, PredictionDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES, APIError, field_error, not_found
 from api.schemas import (
     MAX_OFFSET,
@@ -141,15 +141,29 @@ def download_artifact(
     settings: SettingsDep,
     background: BackgroundTasks,
     owner: OwnerDep,
+    prediction: PredictionDep,
     job_id: str,
-    format: Literal["tar.gz", "zip"] = "tar.gz",
+    format: Annotated[
+        Literal["tar.gz", "zip", "open_clip", "onnx"],
+        Query(description="tar.gz or zip: the artifact as trained. open_clip: a merged checkpoint for plain "
+              "open_clip with the classifier beside it; onnx: images -> logits (both as .tar.gz)."),
+    ] = "tar.gz",
 ) -> FileResponse:
-    """Download the trained artifact directory (weights.safetensors, manifest.json)."""
+    """Download the trained artifact directory (weights.safetensors, manifest.json), or an export of it."""
     job = _get_job(JobRepository(session), job_id, owner)
     if job.artifact_key is None:
         raise APIError(409, "artifact_unavailable", f"job is {job.state}; only succeeded jobs have an artifact")
     tmp = Path(tempfile.mkdtemp(prefix="clipadapt-download-", dir=_scratch(settings.data_dir)))
     background.add_task(_remove_tree, tmp)
+    if format in ("open_clip", "onnx"):
+        spec, key = job.base_model_spec, job.artifact_key
+        session.close()  # release the connection before the slow part
+        try:
+            archive = prediction.export(job_id, spec, key, format, tmp)
+        except StorageError as e:
+            _remove_tree(tmp)
+            raise APIError(503, "storage_error", str(e)) from e
+        return FileResponse(archive, media_type="application/gzip", filename=archive.name)
     archive = tmp / "artifact.tar.gz"
     try:
         storage.get_file(job.artifact_key, archive)

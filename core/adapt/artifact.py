@@ -26,6 +26,9 @@ from core.adapt.trainer import TrainResult
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+# The classifier precomputed for serving (core.adapt.serving): class embeddings and logit scale, or the
+# linear probe's head. Derived from the weights, written so that serving never runs the text tower.
+CLASSIFIER_FILE = "classifier.safetensors"
 # What must match between the base an artifact was trained on and the one it is applied to.
 IDENTITY_KEYS = ("config_sha256", "weights_fingerprint", "quick_gelu")
 
@@ -62,6 +65,19 @@ def build_manifest(result: TrainResult) -> dict[str, Any]:
     }
 
 
+def classifier_tensors(model: AdaptedModel) -> dict[str, torch.Tensor]:
+    """What turns image features into logits: for text heads the class embeddings [C, D] and the logit
+    scale, for the linear probe its weight and bias (same arithmetic as the model's `logits`)."""
+    head = model.head
+    if not head.uses_text:
+        return {"linear.weight": head.linear.weight.detach().cpu().contiguous(),
+                "linear.bias": head.linear.bias.detach().cpu().contiguous()}
+    with torch.no_grad():
+        embeddings = model.class_embeddings()
+    return {"class_embeddings": embeddings.detach().float().cpu().contiguous(),
+            "logit_scale": model.clip.logit_scale.detach().cpu().contiguous()}
+
+
 def save_artifact(result: TrainResult, out_dir: str | Path) -> Path:
     """Write the artifact; the directory appears complete or not at all."""
     out_dir = Path(out_dir)
@@ -71,6 +87,7 @@ def save_artifact(result: TrainResult, out_dir: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         save_file(tensors, staging / WEIGHTS_FILE)
+        save_file(classifier_tensors(result.adapted), staging / CLASSIFIER_FILE)
         (staging / MANIFEST_FILE).write_text(json.dumps(build_manifest(result), indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -1,7 +1,8 @@
-"""Prediction with fine-tuned (job) or zero-shot models, with an LRU of loaded models.
+"""Prediction with fine-tuned (job) or zero-shot models over shared base models.
 
-Loading a base model takes seconds and building zero-shot class embeddings runs the text tower,
-so predictors are cached by what defines them: the job id, or the base model spec plus class names.
+Loading a base model takes seconds, so each is loaded once (an LRU of serving engines); a fine-tuned
+model is a small delta over it, read from its artifact in milliseconds, and zero-shot class embeddings
+(a text-tower run) are cached by base model spec plus class names.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from core.jobs.files import local_artifact
@@ -31,10 +33,12 @@ def _clean(message: str) -> str:
 
 
 class LRUCache:
-    """A thread-safe LRU that builds each missing value once, even under concurrent requests."""
+    """A thread-safe LRU that builds each missing value once, even under concurrent requests.
+    `on_evict` releases what an evicted value holds (a serving engine's worker thread)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, on_evict: Callable[[Any], None] | None = None) -> None:
         self.size = size
+        self.on_evict = on_evict
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[Hashable, threading.Lock] = {}
@@ -51,12 +55,16 @@ class LRUCache:
                     self._items.move_to_end(key)
                     return self._items[key]
             value = build()
+            evicted = []
             with self._lock:
                 self._items[key] = value
                 self._items.move_to_end(key)
                 while len(self._items) > self.size:
-                    self._items.popitem(last=False)
+                    evicted.append(self._items.popitem(last=False)[1])
                 self._building.pop(key, None)
+            for old in evicted:
+                if self.on_evict is not None:
+                    self.on_evict(old)
             return value
 
     def __len__(self) -> int:
@@ -66,11 +74,28 @@ class LRUCache:
         return key in self._items
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A model ready to serve: its delta in host memory, and the base it applies to."""
+
+    key: Hashable
+    spec: dict[str, Any]
+    delta: Any  # core.adapt.serving.Delta
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.delta.classnames
+
+
 class PredictionService:
+    """One serving engine (base model + worker) per base model on this process's device; fine-tuned and
+    zero-shot models are deltas over it (core.adapt.serving), so hundreds fit where one copy of the
+    base did before."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.bases = LRUCache(settings.model_cache_size)
-        self.predictors = LRUCache(settings.model_cache_size)
+        self.bases = LRUCache(settings.model_cache_size, on_evict=lambda engine: engine.close())
+        self.predictors = LRUCache(settings.served_model_cache_size)
         self._device: str | None = None
 
     @property
@@ -79,46 +104,87 @@ class PredictionService:
             self._device = resolve_device(self.settings.device)
         return self._device
 
-    def base_model(self, spec: dict[str, Any]) -> Any:
+    def engine(self, spec: dict[str, Any]) -> Any:
+        """The serving engine of a base model, loaded once."""
         import torch
 
         from core.adapt.models import ModelSpec, load_base_model
+        from core.adapt.serving import ServingEngine
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
 
-        key = json.dumps(spec, sort_keys=True)
-        return self.bases.get(key, lambda: load_base_model(ModelSpec(**spec), device=self.device))
-
-    def for_job(self, job_id: str, spec: dict[str, Any], artifact_key: str) -> Any:
-        """The predictor for a succeeded job's artifact."""
-
         def build() -> Any:
-            from core.adapt.artifact import load_artifact
-            from core.adapt.predictor import Predictor
+            base = load_base_model(ModelSpec(**spec), device=self.device)
+            # Batching across requests pays on a GPU; on a CPU the worker takes only what already waits.
+            wait = self.settings.predict_max_wait_ms if self.device.startswith("cuda") else 0.0
+            return ServingEngine(base, self.device, self.settings.delta_cache_size, self.settings.predict_batch_size, wait)
 
+        return self.bases.get(json.dumps(spec, sort_keys=True), build)
+
+    def base_model(self, spec: dict[str, Any]) -> Any:
+        return self.engine(spec).base
+
+    def for_job(self, job_id: str, spec: dict[str, Any], artifact_key: str) -> ServedModel:
+        """A succeeded job's model: reads its classifier and image-tower tensors, never the whole model."""
+
+        def build() -> ServedModel:
             folder = local_artifact(get_storage(self.settings), artifact_key, self.settings.cache_dir, job_id)
-            return self._serving(Predictor(load_artifact(folder, self.base_model(spec)), device=self.device))
+            return ServedModel(("job", job_id), spec, self.engine(spec).load(folder))
 
         return self.predictors.get(("job", job_id), build)
 
-    def zero_shot(self, spec: dict[str, Any], classnames: list[str]) -> Any:
-        """The zero-shot predictor (template ensemble) for a base model and class names."""
+    def zero_shot(self, spec: dict[str, Any], classnames: list[str]) -> ServedModel:
+        """The zero-shot model (template ensemble) for a base model and class names."""
+        key = ("zero-shot", json.dumps(spec, sort_keys=True), tuple(classnames))
 
-        def build() -> Any:
-            from core.adapt.predictor import Predictor, zero_shot_model
+        def build() -> ServedModel:
+            from core.adapt.serving import zero_shot_delta
 
-            return self._serving(Predictor(zero_shot_model(self.base_model(spec), classnames), device=self.device))
+            return ServedModel(key, spec, zero_shot_delta(self.engine(spec).base, classnames))
 
-        return self.predictors.get(("zero-shot", json.dumps(spec, sort_keys=True), tuple(classnames)), build)
+        return self.predictors.get(key, build)
 
-    def _serving(self, predictor: Any) -> Any:
-        """On a GPU, concurrent requests share forward passes; on a CPU batching does not pay."""
-        from core.adapt.predictor import BatchingPredictor
+    def export(self, job_id: str, spec: dict[str, Any], artifact_key: str, fmt: str, out_dir: Any) -> Any:
+        """Export a job's model (core.adapt.export) into out_dir and pack it as out_dir.tar.gz."""
+        import tarfile
+        from pathlib import Path
 
-        if not self.device.startswith("cuda") or self.settings.predict_batch_size <= 1:
-            return predictor
-        return BatchingPredictor(predictor, self.settings.predict_batch_size, self.settings.predict_max_wait_ms)
+        from core.adapt.export import export_artifact
+
+        folder = local_artifact(get_storage(self.settings), artifact_key, self.settings.cache_dir, job_id)
+        written = export_artifact(folder, self.base_model(spec), fmt, Path(out_dir) / fmt)
+        archive = Path(out_dir) / f"{job_id}-{fmt}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(written, arcname=f"{job_id}-{fmt}")
+        return archive
+
+    def predict_many(self, models: list[ServedModel], images: list[Any], top_k: int) -> list[list[list[dict[str, Any]]]]:
+        """Top-k labels of every model for the same images: one request per base model, in which the
+        models that leave the image tower alone share one image-tower forward."""
+        from core.adapt.serving import EngineClosed, rank
+
+        results: dict[int, list[list[dict[str, Any]]]] = {}
+        by_base: dict[str, list[int]] = {}
+        for i, model in enumerate(models):
+            by_base.setdefault(json.dumps(model.spec, sort_keys=True), []).append(i)
+        for members in by_base.values():
+            spec = models[members[0]].spec
+            for attempt in range(2):
+                engine = self.engine(spec)
+                deltas = [engine.on_device(models[i].key, models[i].delta) for i in members]
+                try:
+                    probabilities = engine.probabilities(deltas, engine.pixels(images))
+                    break
+                except EngineClosed:  # evicted between lookup and use: the next lookup builds it again
+                    if attempt:
+                        raise
+            for i, p in zip(members, probabilities):
+                results[i] = rank(models[i].classnames, p, top_k)
+        return [results[i] for i in range(len(models))]
+
+    def predict(self, model: ServedModel, images: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
+        return self.predict_many([model], images, top_k)[0]
 
     @staticmethod
     def open_images(files: list[tuple[str, IO[bytes]]], *, max_pixels: int | None = None) -> list[Any]:
@@ -151,6 +217,3 @@ class PredictionService:
             except DatasetError as e:
                 raise DatasetError(_clean(str(e))) from e
         return images
-
-    def predict(self, predictor: Any, images: list[Any], top_k: int) -> list[list[dict[str, Any]]]:
-        return predictor.predict(images, top_k=top_k)

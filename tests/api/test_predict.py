@@ -84,3 +84,46 @@ def test_non_images_and_too_many_images(client: TestClient, images: dict[str, by
     many = [("images", (f"{i}.png", next(iter(images.values())), "image/png")) for i in range(65)]
     error = assert_error(client.post("/predict", data={"base_model": "clipadapt-tiny", "classnames": "a,b"}, files=many), 422, "validation_error")
     assert "at most 64" in error["message"]
+
+
+def test_compare_several_fine_tuned_models(client: TestClient, dataset: dict, settings: Settings, images: dict[str, bytes]) -> None:
+    ids = []
+    for method in ("linear_probe", "layernorm"):
+        job = client.post("/jobs", json={"dataset_id": dataset["id"], "base_model": "clipadapt-tiny",
+                                         "recipe": {"method": method, "epochs": 1, "batch_size": 8}}).json()
+        run_job(job["id"], settings=settings)
+        ids.append(job["id"])
+    single = client.post("/predict", data={"job_id": ids[1], "top_k": 2}, files=_files(images, 2))
+    assert single.status_code == 200 and "models" not in single.json()  # one model: today's shape
+    response = client.post("/predict", data={"job_id": ids, "top_k": 2}, files=_files(images, 2))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [m["model"]["job_id"] for m in body["models"]] == ids
+    assert body["model"] == body["models"][0]["model"] and body["predictions"] == body["models"][0]["predictions"]
+    # Served together (LayerNorm applied per image in a shared pass) or alone: the same to float rounding.
+    for together, alone in zip(body["models"][1]["predictions"], single.json()["predictions"], strict=True):
+        assert [l["label"] for l in together["labels"]] == [l["label"] for l in alone["labels"]]
+        assert [l["probability"] for l in together["labels"]] == pytest.approx([l["probability"] for l in alone["labels"]], abs=1e-6)
+    assert client.post("/predict", data={"job_id": ",".join(ids)}, files=_files(images, 1)).status_code == 200
+    assert "unique" in assert_error(client.post("/predict", data={"job_id": [ids[0], ids[0]]}, files=_files(images, 1)),
+                                    422, "validation_error")["message"]
+    assert "at most 16" in assert_error(client.post("/predict", data={"job_id": [f"j{i}" for i in range(17)]},
+                                                    files=_files(images, 1)), 422, "validation_error")["message"]
+    assert_error(client.post("/predict", data={"job_id": [ids[0], "no-such-job"]}, files=_files(images, 1)), 422, "validation_error")
+
+
+def test_download_exports(client: TestClient, dataset: dict, settings: Settings) -> None:
+    import io
+    import tarfile
+
+    job = client.post("/jobs", json={"dataset_id": dataset["id"], "base_model": "clipadapt-tiny",
+                                     "recipe": {"method": "layernorm", "epochs": 1, "batch_size": 8}}).json()
+    assert_error(client.get(f"/jobs/{job['id']}/artifact", params={"format": "onnx"}), 409, "artifact_unavailable")
+    run_job(job["id"], settings=settings)
+    for fmt, expected in (("onnx", {"model.onnx", "export.json"}),
+                          ("open_clip", {"open_clip_model.safetensors", "open_clip_config.json", "classifier.safetensors"})):
+        response = client.get(f"/jobs/{job['id']}/artifact", params={"format": fmt})
+        assert response.status_code == 200, response.text
+        with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+            assert expected <= {Path(name).name for name in tar.getnames()}
+    assert_error(client.get(f"/jobs/{job['id']}/artifact", params={"format": "tflite"}), 422, "validation_error")
