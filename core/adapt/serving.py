@@ -6,7 +6,8 @@ At inference a fine-tuned CLIP classifier is image features -> logits. Everythin
 embeddings, which `save_artifact` precomputes into `classifier.safetensors`; so a served model is
 - its classifier: class embeddings [C, D] and the logit scale, or the linear probe's weight and bias;
 - its image-tower tensors, if training touched the image tower (LayerNorm tuning alone or jointly, or
-  full fine-tuning): a few hundred kilobytes of LayerNorm gamma/beta, read from the artifact's weights.
+  full fine-tuning): a few hundred kilobytes of LayerNorm gamma/beta, read from the artifact's weights;
+- for LoRA on the image tower, its low-rank factors A and B (kilobytes), not the merged weights.
 
 Loading one ("cold") reads those few tensors and builds no module and runs no text tower, so a cold
 first prediction costs about a warm one (plus a fixed ~1 ms of file reads). Models whose image tower
@@ -14,6 +15,8 @@ is the base's share one image-tower forward per batch; LayerNorm models join tha
 gamma/beta applied per image (the normalization is shared; S-LoRA batches LoRA adapters the same way).
 Full fine-tuning runs per model through `torch.func.functional_call` with its tensors over the shared
 base (no copy of the backbone); its delta is its whole image tower, the copy that method needs anyway.
+LoRA models run the same way with W + B A computed per batch (a few matrix products, small next to the
+image forward), so that a served LoRA model stays the size of its factors.
 
 `functional_call` and the per-image LayerNorms swap tensors on the shared modules for the duration of a
 call, so every image
@@ -26,12 +29,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import queue
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +53,31 @@ from core.adapt.models import ClipBase
 from core.adapt.trainer import autocast
 
 VISUAL_PREFIX = "clip.visual."
+# How core.adapt.methods.lora names its factors: <module>.parametrizations.<weight>.0.lora_a / lora_b.
+LOW_RANK_NAME = re.compile(r"^(?P<module>.+)\.parametrizations\.(?P<weight>\w+)\.0\.lora_(?P<factor>[ab])$")
 
 
 class EngineClosed(RuntimeError):
     """The engine was closed (evicted from a cache) before the request reached it."""
+
+
+@dataclass(eq=False)
+class LowRank:
+    """A LoRA update of one image-tower weight: W + scale B_t A_t on its targeted row blocks."""
+
+    a: torch.Tensor  # [targets, rank, in]
+    b: torch.Tensor  # [targets, out, rank]
+    blocks: int
+    targets: list[int]
+    scale: float
+
+    def weight(self, base_weight: torch.Tensor) -> torch.Tensor:
+        from core.adapt.methods.lora import updated_weight
+
+        return updated_weight(base_weight, self.a, self.b, self.blocks, self.targets, self.scale)
+
+    def to(self, device: torch.device) -> LowRank:
+        return LowRank(self.a.to(device, non_blocking=True), self.b.to(device, non_blocking=True), self.blocks, self.targets, self.scale)
 
 
 @dataclass(eq=False)
@@ -62,6 +87,7 @@ class Delta:
     classnames: list[str]
     visual: dict[str, torch.Tensor]  # image-tower tensors by name under `clip.visual`; empty: the base's
     classifier: dict[str, torch.Tensor]  # logit_scale + class_embeddings, or linear.weight + linear.bias
+    low_rank: dict[str, LowRank] = field(default_factory=dict)  # LoRA updates by image-tower weight name
 
     @property
     def projected(self) -> bool:
@@ -69,12 +95,28 @@ class Delta:
         return "class_embeddings" in self.classifier
 
     @property
+    def own_tower(self) -> bool:
+        """Whether its image tower differs from the base's."""
+        return bool(self.visual or self.low_rank)
+
+    @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.visual.values(), *self.classifier.values()))
+        factors = [t for update in self.low_rank.values() for t in (update.a, update.b)]
+        return sum(t.numel() * t.element_size() for t in (*self.visual.values(), *self.classifier.values(), *factors))
 
     def to(self, device: torch.device) -> Delta:
         move = lambda tensors: {name: t.to(device, non_blocking=True) for name, t in tensors.items()}  # noqa: E731
-        return Delta(self.classnames, move(self.visual), move(self.classifier))
+        return Delta(self.classnames, move(self.visual), move(self.classifier),
+                     {name: update.to(device) for name, update in self.low_rank.items()})
+
+    def tower_tensors(self, base_visual: nn.Module) -> dict[str, torch.Tensor]:
+        """Every image-tower tensor that differs from the base's, by name under `clip.visual`."""
+        tensors = dict(self.visual)
+        if self.low_rank:
+            params = dict(base_visual.named_parameters())
+            for name, update in self.low_rank.items():
+                tensors[name] = update.weight(tensors.get(name, params[name]))
+        return tensors
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """The same arithmetic as the heads in `core.adapt.modules` (Head.logits, LinearHead.logits)."""
@@ -101,15 +143,29 @@ def load_delta(path: str | Path, base: ClipBase) -> Delta:
     except OSError as exc:
         raise ArtifactError(f"cannot read {path / CLASSIFIER_FILE}: {exc}") from exc
     visual: dict[str, torch.Tensor] = {}
+    factors: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(path / WEIGHTS_FILE, framework="pt") as weights:
             # Only the image tower's tensors are read: the text side is already in the class embeddings.
             for name in weights.keys():
                 if name.startswith(VISUAL_PREFIX):
-                    visual[name[len(VISUAL_PREFIX):]] = weights.get_tensor(name)
+                    name_in_tower = name[len(VISUAL_PREFIX):]
+                    if match := LOW_RANK_NAME.match(name_in_tower):
+                        weight = f"{match['module']}.{match['weight']}"
+                        factors.setdefault(weight, {})[match["factor"]] = weights.get_tensor(name)
+                    else:
+                        visual[name_in_tower] = weights.get_tensor(name)
     except (FileNotFoundError, OSError) as exc:
         raise ArtifactError(f"cannot read {path / WEIGHTS_FILE}: {exc}") from exc
-    return Delta(list(manifest["classnames"]), visual, classifier)
+    low_rank = {}
+    if factors:
+        from core.adapt.methods.lora import update_layout
+
+        for weight, ab in factors.items():
+            if ab.keys() != {"a", "b"}:
+                raise ArtifactError(f"{path / WEIGHTS_FILE} holds only one LoRA factor of {weight}")
+            low_rank[weight] = LowRank(ab["a"], ab["b"], *update_layout(manifest["recipe"], weight.rsplit(".", 1)[-1]))
+    return Delta(list(manifest["classnames"]), visual, classifier, low_rank)
 
 
 def zero_shot_delta(base: ClipBase, classnames: list[str], templates: list[str] | None = None) -> Delta:
@@ -183,6 +239,12 @@ class ServingEngine:
         for name, tensor in delta.visual.items():
             if self.visual_shapes.get(name) != tensor.shape:
                 raise ArtifactError(f"image-tower tensor {name} of shape {tuple(tensor.shape)} does not fit the base model")
+        for name, update in delta.low_rank.items():
+            shape = self.visual_shapes.get(name)
+            (targets, rank, inputs), (_, outputs, _) = update.a.shape, update.b.shape
+            if (shape is None or update.b.shape != (targets, outputs, rank) or targets != len(update.targets)
+                    or shape != (update.blocks * outputs, inputs)):
+                raise ArtifactError(f"LoRA factors of {name} do not fit the base model")
         return delta
 
     def on_device(self, key: Hashable, delta: Delta) -> Delta:
@@ -265,12 +327,12 @@ class ServingEngine:
     def _shared(self, model: Delta) -> bool:
         """Whether a model runs in the shared image-tower pass: the base's tower, or LayerNorm tensors only
         (applied per sample there), where the fast blocks keep every activation batch-first."""
-        return not model.visual or (self.batched_norms and model.visual.keys() <= self.norm_params)
+        return not model.own_tower or (self.batched_norms and not model.low_rank and model.visual.keys() <= self.norm_params)
 
     @torch.no_grad()
     def _run(self, batch: list[_Request]) -> list[list[torch.Tensor]]:
         # One shared pass over every request's images, once per (request, LayerNorm model) and once per
-        # request for all base-tower models; models with other image-tower tensors (full) run per model.
+        # request for all base-tower models; models with other image-tower tensors (full, LoRA) run per model.
         segments: list[tuple[int, Delta | None]] = []
         separate: dict[int, tuple[Delta, list[int]]] = {}
         for i, request in enumerate(batch):
@@ -279,8 +341,8 @@ class ServingEngine:
                     members = separate.setdefault(id(model), (model, []))[1]
                     if i not in members:
                         members.append(i)
-                elif (i, model if model.visual else None) not in segments:
-                    segments.append((i, model if model.visual else None))
+                elif (i, model if model.own_tower else None) not in segments:
+                    segments.append((i, model if model.own_tower else None))
         projected = any(m.projected for request in batch for m in request.models)
         features: dict[tuple[int | None, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         with autocast(self.device):
@@ -294,14 +356,14 @@ class ServingEngine:
                 self._split(out, [(None if m is None else id(m), i) for i, m in segments], batch, features)
             for key, (model, members) in separate.items():
                 pixels = torch.cat([batch[i].pixels for i in members]).to(self.device, non_blocking=True)
-                params = {f"visual.{name}": t for name, t in model.visual.items()}
+                params = {f"visual.{name}": t for name, t in model.tower_tensors(self.features.visual).items()}
                 out = torch.func.functional_call(self.features, params, (pixels, projected))
                 self._split(out, [(key, i) for i in members], batch, features)
             results = []
             for i, request in enumerate(batch):
                 out = []
                 for model in request.models:
-                    pooled, embedded = features[id(model) if model.visual else None, i]
+                    pooled, embedded = features[id(model) if model.own_tower else None, i]
                     out.append(model.logits(embedded if model.projected else pooled).float().softmax(dim=-1).cpu())
                 results.append(out)
         return results

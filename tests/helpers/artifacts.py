@@ -16,8 +16,9 @@ from core.adapt.recipe import parse_recipe
 from core.adapt.trainer import TrainResult
 
 
-def synthetic_result(base: ClipBase, method: str, classnames: list[str], layernorm: str = "none", seed: int = 0) -> TrainResult:
-    recipe = parse_recipe({"method": method, "layernorm": layernorm, "seed": seed})
+def synthetic_result(base: ClipBase, method: str, classnames: list[str], layernorm: str = "none", seed: int = 0,
+                     **options) -> TrainResult:
+    recipe = parse_recipe({"method": method, "layernorm": layernorm, "seed": seed, **options})
     model, trained = build_adapted(copy.deepcopy(base.model), recipe, classnames, base.tokenizer, base.preprocess)
     generator = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
@@ -29,5 +30,6 @@ def synthetic_result(base: ClipBase, method: str, classnames: list[str], layerno
                        class_ids=list(classnames), trained_names=trained, history=[], val_metrics={}, test_metrics=None)
 
 
-def synthetic_artifact(base: ClipBase, method: str, classnames: list[str], out: Path, layernorm: str = "none", seed: int = 0) -> Path:
-    return save_artifact(synthetic_result(base, method, classnames, layernorm, seed), out)
+def synthetic_artifact(base: ClipBase, method: str, classnames: list[str], out: Path, layernorm: str = "none", seed: int = 0,
+                       **options) -> Path:
+    return save_artifact(synthetic_result(base, method, classnames, layernorm, seed, **options), out)

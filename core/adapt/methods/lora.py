@@ -90,15 +90,33 @@ def layer_type():
             if self.training and self.dropout:
                 mask = torch.ones(a.shape[0], 1, a.shape[2], dtype=a.dtype, device=a.device)
                 a = a * F.dropout(mask, self.dropout, training=True)
-            delta = (self.lora_b @ a) * self.scale  # [targets, out, in]
-            if self.targets != list(range(self.blocks)):
-                rows = [torch.zeros_like(delta[0])] * self.blocks
-                for slot, block in enumerate(self.targets):
-                    rows[block] = delta[slot]
-                delta = torch.stack(rows)
-            return weight + delta.reshape(weight.shape).to(weight.dtype)
+            return updated_weight(weight, a, self.lora_b, self.blocks, self.targets, self.scale)
 
     return LowRankUpdate
+
+
+def updated_weight(weight, a, b, blocks: int, targets: list[int], scale: float):
+    """W + scale B_t A_t on each targeted row block t of W (the update's arithmetic, also used by serving,
+    which keeps A and B per model and computes the weight per batch)."""
+    import torch
+
+    delta = (b @ a) * scale  # [targets, out, in]
+    if list(targets) != list(range(blocks)):
+        rows = [torch.zeros_like(delta[0])] * blocks
+        for slot, block in enumerate(targets):
+            rows[block] = delta[slot]
+        delta = torch.stack(rows)
+    return weight + delta.reshape(weight.shape).to(weight.dtype)
+
+
+def update_layout(recipe: dict, weight_name: str) -> tuple[int, list[int], float]:
+    """(row blocks, targeted blocks, scale) of the update on `weight_name` ('in_proj_weight' or 'weight'
+    of an out_proj) under a recipe as an artifact's manifest records it."""
+    config = LoraConfig.model_validate(recipe)
+    scale = config.alpha / config.rank
+    if weight_name == "in_proj_weight":
+        return 3, [QKV.index(t) for t in QKV if t in config.targets], scale
+    return 1, [0], scale
 
 
 def _attentions(clip, encoders: list[str]):

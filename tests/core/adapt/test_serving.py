@@ -25,7 +25,9 @@ CASES = [
     for mode in (("none", "joint", "init") if method.config.supports_layernorm else ("none",))
 ]
 IDS = [f"{name}-{mode}" for name, mode in CASES]
-TOWER = {("layernorm", "none"), ("full", "none")} | {(n, m) for n, m in CASES if m != "none"}
+# Methods whose image tower differs from the base's; SEPARATE ones run their own forward (not LayerNorms only).
+SEPARATE = {(n, m) for n, m in CASES if n in ("full", "lora")}
+TOWER = {("layernorm", "none")} | SEPARATE | {(n, m) for n, m in CASES if m != "none"}
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +62,20 @@ def reference(tiny_base, path, photos):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_delta_served_probabilities_equal_load_artifact(tiny_base, artifacts, engine, photos, case):
     delta = engine.load(artifacts[case])
-    assert bool(delta.visual) == (case in TOWER)  # only image-tower methods carry image-tower tensors
+    assert delta.own_tower == (case in TOWER)  # only image-tower methods carry image-tower tensors
     served = engine.probabilities([delta], engine.pixels(photos))[0]
     torch.testing.assert_close(served, reference(tiny_base, artifacts[case], photos), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"targets": ["q", "v", "out"], "rank": 3, "alpha": 6.0}, {"encoders": ["text"]}],
+                         ids=["qv-out-rank3", "text-only"])
+def test_lora_variants_served_equal_load_artifact(tiny_base, engine, photos, digits, tmp_path, options):
+    path = synthetic_artifact(tiny_base, "lora", digits.classnames, tmp_path / "lora", seed=7, **options)
+    delta = engine.load(path)
+    # The delta keeps the factors (kilobytes), not merged weights; a text-only LoRA shares the base's tower.
+    assert delta.own_tower == ("image" in options.get("encoders", ["image"])) and not delta.visual
+    served = engine.probabilities([delta], engine.pixels(photos))[0]
+    torch.testing.assert_close(served, reference(tiny_base, path, photos), rtol=0, atol=1e-6)
 
 
 def test_mixed_batch_of_every_method_from_concurrent_requests(tiny_base, artifacts, engine, photos):
@@ -88,8 +101,9 @@ def test_mixed_batch_of_every_method_from_concurrent_requests(tiny_base, artifac
         torch.testing.assert_close(results[case], expected[case], rtol=0, atol=1e-6)
         torch.testing.assert_close(probabilities, expected[case], rtol=0, atol=1e-6)
     # The combined request: one shared pass holding the images once for all base-tower models and once per
-    # LayerNorm model (per-sample LayerNorm tensors), and one forward for full fine-tuning's own tower.
-    assert sorted(calls[-2:]) == [len(photos), len(TOWER) * len(photos)]
+    # LayerNorm model (per-sample LayerNorm tensors), and one forward per full or LoRA model's own tower.
+    shared_pass = (1 + len(TOWER - SEPARATE)) * len(photos)
+    assert sorted(calls[-1 - len(SEPARATE):]) == sorted([len(photos)] * len(SEPARATE) + [shared_pass])
     assert len(calls) < 2 * len(CASES) + 1  # concurrent requests were batched, not run one by one
 
 

@@ -14,8 +14,17 @@ def empty_url(request: pytest.FixtureRequest, tmp_path) -> str:
     # The session database is at head; take it down to empty first (and back up afterwards).
     url = request.getfixturevalue("postgres_url")
     migrate(url, "base", down=True)
-    request.addfinalizer(lambda: migrate(url))
+    request.addfinalizer(lambda: _back_to_head(url))
     return url
+
+
+def _back_to_head(url: str) -> None:
+    from core.jobs import sweeps
+
+    migrate(url)
+    # Downgrading dropped Optuna's schema under this process's cached RDBStorage, which created its
+    # tables when it was built: later tests sharing the database need a new one.
+    sweeps._optuna_storage.cache_clear()
 
 
 def _tables(url: str) -> set[str]:
