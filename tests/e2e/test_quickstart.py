@@ -40,4 +40,4 @@ def test_quick_start_runs_as_written(processes: Processes, tmp_path: Path) -> No
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout
     assert result.stdout.count('"predictions"') == 2
-    assert (work / "digits-model.tar.gz").stat().st_size > 0
+    assert (work / "shapes-model.tar.gz").stat().st_size > 0

@@ -70,3 +70,18 @@ def test_cli_pretrain_starter_reports_zero_shot_results(tmp_path, monkeypatch) -
     assert result.exit_code == 0, result.output
     assert "zero-shot top-1, generator images, seen colour x shape pairs" in result.output
     assert (tmp_path / "m" / build.WEIGHTS_FILE).is_file()
+
+
+def test_the_committed_starter_model_loads_from_the_catalog_and_knows_its_shapes() -> None:
+    """The committed weights are what the model card says: on fresh generator images (another seed than
+    the card's), zero-shot over all 88 colour x shape classes is far above chance (1/88)."""
+    from core.jobs.catalog import STARTER_DIR, load_catalog
+    from core.starter import evaluation
+
+    base = load_base_model(ModelSpec(**load_catalog("")["clipadapt-starter"].spec()))
+    card = json.loads((STARTER_DIR / "results.json").read_text())
+    assert card["zero_shot"]["generator"]["seen"]["top1"] >= 0.9  # the issue's target, as recorded
+    pairs = evaluation.all_pairs()
+    report = evaluation.score(base, evaluation.generator_images(7, 1, pairs), pairs)
+    # 88 images (79 seen, 9 held-out pairs): measured 0.9+ seen; a broken loader or wrong preprocessing is near 0.
+    assert report["seen"]["top1"] >= 0.75 and report["seen"]["colour"] >= 0.95, report
