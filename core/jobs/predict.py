@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from core.jobs.files import local_artifact
-from core.jobs.runner import resolve_device
 from core.jobs.storage import get_storage
 from core.settings import Settings
 
@@ -101,18 +100,18 @@ class PredictionService:
     @property
     def device(self) -> str:
         if self._device is None:
-            self._device = resolve_device(self.settings.device)
+            from core.adapt.runtime import resolve_device
+
+            self._device = str(resolve_device(self.settings.device))
         return self._device
 
     def engine(self, spec: dict[str, Any]) -> Any:
         """The serving engine of a base model, loaded once."""
-        import torch
-
         from core.adapt.models import ModelSpec, load_base_model
+        from core.adapt.runtime import configure_torch
         from core.adapt.serving import ServingEngine
 
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        configure_torch(self.settings.torch_threads)
 
         def build() -> Any:
             base = load_base_model(ModelSpec(**spec), device=self.device)
