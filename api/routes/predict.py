@@ -10,7 +10,7 @@ from api.deps import CatalogDep, OwnerDep, PredictionDep, SessionDep, SettingsDe
 from api.errors import ERROR_RESPONSES, APIError, field_error
 from api.schemas import ImagePrediction, LabelProbability, ModelPredictions, PredictModel, PredictResponse
 from core.jobs.models import JobState
-from core.jobs.predict import ImageTooLarge
+from core.jobs.predict import ImageRejected, ImageTooLarge
 from core.jobs.repository import JobRepository
 from core.jobs.storage import StorageError
 from core.jobs.sweeps import SweepRepository
@@ -129,8 +129,6 @@ def predict(
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
 ) -> PredictResponse:
     """Classify images with fine-tuned models (job_id, one or several; or sweep_id) or zero-shot (base_model + classnames)."""
-    from core.adapt.data import DatasetError
-
     started = time.perf_counter()
     if len(images) > settings.max_predict_images:
         raise field_error("images", f"at most {settings.max_predict_images} images per request", len(images))
@@ -163,7 +161,7 @@ def predict(
         )
     except ImageTooLarge as e:
         raise APIError(413, "image_too_large", str(e)) from e
-    except DatasetError as e:
+    except ImageRejected as e:
         raise field_error("images", str(e)) from e
     results = service.predict_many([model for _, model in served], decoded, top_k=top_k)
     entries = []

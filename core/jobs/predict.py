@@ -26,6 +26,10 @@ class ImageTooLarge(ValueError):
     """An image over the pixel limit."""
 
 
+class ImageRejected(ValueError):
+    """An upload that is not a readable image of an allowed format; the message names the file."""
+
+
 def _clean(message: str) -> str:
     """Pillow's messages end in the repr of the file object; the file name says it already."""
     return re.sub(r" <[^>]*object at 0x[0-9a-f]+>", "", message)
@@ -188,7 +192,7 @@ class PredictionService:
     @staticmethod
     def open_images(files: list[tuple[str, IO[bytes]]], *, max_pixels: int | None = None) -> list[Any]:
         """Decode uploads to RGB images. Raises ImageTooLarge over ``max_pixels`` (checked from the
-        header, before decoding) and DatasetError for anything that is not an allowed image format,
+        header, before decoding) and ImageRejected for anything that is not an allowed image format,
         naming the file."""
         from PIL import Image, UnidentifiedImageError
 
@@ -205,7 +209,7 @@ class PredictionService:
             except Image.DecompressionBombError as e:
                 raise ImageTooLarge(f"image {name} is too large: {e}") from e
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                raise DatasetError(
+                raise ImageRejected(
                     f"cannot read image {name}: not a {', '.join(IMAGE_FORMATS)} image ({_clean(str(e))})"
                 ) from e
             if max_pixels is not None and width * height > max_pixels:
@@ -214,5 +218,5 @@ class PredictionService:
             try:
                 images.append(open_image(named))
             except DatasetError as e:
-                raise DatasetError(_clean(str(e))) from e
+                raise ImageRejected(_clean(str(e))) from e
         return images
