@@ -359,7 +359,8 @@ def evaluate(
 ) -> None:
     """Accuracy, macro-F1, per-class accuracy and confusion matrix of an artifact on a dataset."""
     from core.adapt.data import ImageSamples, build_transforms
-    from core.adapt.trainer import evaluate as run_evaluation, resolve_device
+    from core.adapt.runtime import resolve_device
+    from core.adapt.trainer import evaluate as run_evaluation
 
     adapted, _ = load_adapted(artifact, model, model_config, pretrained, quick_gelu)
     dataset = load_data(data)

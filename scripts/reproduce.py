@@ -65,7 +65,8 @@ def run_grid(args: argparse.Namespace) -> None:
     from core.adapt.predictor import zero_shot_model
     from core.adapt.recipe import parse_recipe
     from core.adapt.data import ImageSamples, build_transforms
-    from core.adapt.trainer import evaluate, resolve_device, train
+    from core.adapt.runtime import resolve_device
+    from core.adapt.trainer import evaluate, train
     from core.jobs.catalog import load_catalog
     from core.starter.tasks import TASKS, write_task
 

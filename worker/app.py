@@ -67,11 +67,9 @@ def _logging(**_: object) -> None:
 
 @worker_process_init.connect
 def _limit_threads(**_: object) -> None:
-    threads = get_settings().torch_threads
-    if threads:
-        import torch
+    from core.adapt.runtime import configure_torch
 
-        torch.set_num_threads(threads)
+    configure_torch(get_settings().torch_threads)
 
 
 @worker_init.connect

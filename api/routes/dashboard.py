@@ -4,12 +4,7 @@ recipe's cost before it is submitted, and dataset thumbnails; plus the page itse
 from __future__ import annotations
 
 import base64
-import functools
-import io
-import json
 import math
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -21,7 +16,8 @@ from api.deps import CatalogDep, OwnerDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ERROR_RESPONSES, APIError, field_error, not_found
 from api.schemas import JobCreate
 from core.adapt.recipe import parse_recipe
-from core.jobs.files import archive_limits
+from core.jobs.datasets import class_thumbnails
+from core.jobs.estimate import count_trainable, plan
 from core.jobs.models import Job, JobMetric
 from core.jobs.repository import DatasetRepository
 
@@ -61,29 +57,9 @@ class Estimate(BaseModel):
     error: str | None = Field(None, description="Why the parameter count is missing (the model could not be built).")
 
 
-@functools.lru_cache(maxsize=1)
-def _architecture(spec_json: str) -> Any:
-    """The base model's architecture with random weights: counts do not depend on the weights, and this
-    never downloads any. The last one is kept, as the form asks again on every change."""
-    from core.adapt.models import ModelSpec, load_base_model
-
-    return load_base_model(ModelSpec(**{**json.loads(spec_json), "pretrained": None}))
-
-
-def _count_trainable(spec: dict[str, Any], recipe: Any, classes: int) -> int:
-    # Built on the real architecture, as `clipadapt methods` counts (imports torch: off the event loop).
-    # count_trainable adapts a deep copy, so the cached model stays unadapted.
-    from core.adapt.adapted import count_trainable
-
-    base = _architecture(json.dumps(spec, sort_keys=True))
-    return count_trainable(base.model, recipe, classes, base.tokenizer, base.preprocess)
-
-
 @router.post("/recipes/estimate", response_model=Estimate)
 async def estimate_recipe(body: EstimateRequest, session: SessionDep, catalog: CatalogDep, owner: OwnerDep) -> Estimate:
     """Trainable parameters and expected run length of a recipe before it is submitted."""
-    from core.adapt.adapted import plan_stages
-
     entry = catalog.get(body.base_model)
     if entry is None:
         raise field_error("base_model", f"unknown base model; choose one of: {', '.join(catalog)}", body.base_model)
@@ -110,14 +86,15 @@ async def estimate_recipe(body: EstimateRequest, session: SessionDep, catalog: C
         stages = [
             StageEstimate(
                 name=s.name, epochs=s.epochs,
-                steps=s.epochs * math.ceil((train_images or 0) / s.recipe.batch_size) if train_images else 0,
+                steps=s.epochs * math.ceil((train_images or 0) / s.batch_size) if train_images else 0,
             )
-            for s in plan_stages(recipe)
+            for s in plan(recipe)
         ]
     count, error = None, None
     if recipe.method != "auto":
         try:
-            count = await run_in_threadpool(_count_trainable, entry.spec(), recipe, classes)
+            # Builds the model (imports torch): off the event loop.
+            count = await run_in_threadpool(count_trainable, entry.spec(), recipe, classes)
         except Exception as e:  # noqa: BLE001 - any failure to build the model is reported, not a 500
             error = f"could not build {body.base_model}: {type(e).__name__}: {e}"
     else:
@@ -158,32 +135,11 @@ class Thumbnails(BaseModel):
 
 
 def _thumbnails(settings: Any, storage: Any, dataset: Any, classes: list[int], limit: int) -> list[Thumbnail]:
-    from PIL import Image
-
-    from core.adapt.data import load_dataset, open_image
-
-    scratch = settings.data_dir / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="clipadapt-thumbs-", dir=scratch) as tmp:
-        archive = Path(tmp) / Path(dataset.filename).name
-        storage.get_file(dataset.archive_key, archive)
-        # Already validated on upload: skip decoding every image again.
-        loaded = load_dataset(archive, extract_dir=Path(tmp) / "data", verify_images=False, limits=archive_limits(settings))
-        taken = dict.fromkeys(classes, 0)
-        out = []
-        for sample in loaded.samples:
-            if taken.get(sample.label, limit) >= limit:
-                continue
-            taken[sample.label] += 1
-            img = open_image(sample.path)
-            img.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.BICUBIC)
-            buf = io.BytesIO()
-            img.convert("RGB").save(buf, "JPEG", quality=80)
-            out.append(Thumbnail(
-                class_id=loaded.class_ids[sample.label], name=sample.path.name, split=sample.split or "train",
-                data_url="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(),
-            ))
-        return out
+    return [
+        Thumbnail(class_id=t.class_id, name=t.name, split=t.split,
+                  data_url="data:image/jpeg;base64," + base64.b64encode(t.jpeg).decode())
+        for t in class_thumbnails(settings, storage, dataset, classes, limit, THUMB_PX)
+    ]
 
 
 @router.get("/datasets/{dataset_id}/thumbnails", response_model=Thumbnails)

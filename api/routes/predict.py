@@ -10,7 +10,7 @@ from api.deps import CatalogDep, OwnerDep, PredictionDep, SessionDep, SettingsDe
 from api.errors import ERROR_RESPONSES, APIError, field_error
 from api.schemas import ImagePrediction, LabelProbability, ModelPredictions, PredictModel, PredictResponse
 from core.jobs.models import JobState
-from core.jobs.predict import ImageTooLarge
+from core.jobs.predict import ImageRejected, ImageTooLarge
 from core.jobs.repository import JobRepository
 from core.jobs.storage import StorageError
 from core.jobs.sweeps import SweepRepository
@@ -129,18 +129,16 @@ def predict(
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
 ) -> PredictResponse:
     """Classify images with fine-tuned models (job_id, one or several; or sweep_id) or zero-shot (base_model + classnames)."""
-    from core.adapt.data import DatasetError
-
     started = time.perf_counter()
     if len(images) > settings.max_predict_images:
         raise field_error("images", f"at most {settings.max_predict_images} images per request", len(images))
     job_ids = _parse_job_ids(job_id)
     if [bool(job_ids) or None, sweep_id, base_model].count(None) != 2:
         raise APIError(422, "validation_error", "give one of job_id, sweep_id, or base_model with classnames")
+    filenames = [f.filename or f"image{i}" for i, f in enumerate(images)]  # in errors and in the response
     max_bytes = settings.max_image_mb * 1024 * 1024
-    for i, image in enumerate(images):
+    for name, image in zip(filenames, images, strict=True):
         if image.size is not None and image.size > max_bytes:
-            name = image.filename or f"image{i}"
             raise APIError(413, "image_too_large", f"image {name} is larger than {settings.max_image_mb} MiB")
 
     if sweep_id is not None:
@@ -159,11 +157,11 @@ def predict(
 
     try:
         decoded = service.open_images(
-            [(f.filename or f"image{i}", f.file) for i, f in enumerate(images)], max_pixels=settings.max_image_pixels
+            [(name, f.file) for name, f in zip(filenames, images, strict=True)], max_pixels=settings.max_image_pixels
         )
     except ImageTooLarge as e:
         raise APIError(413, "image_too_large", str(e)) from e
-    except DatasetError as e:
+    except ImageRejected as e:
         raise field_error("images", str(e)) from e
     results = service.predict_many([model for _, model in served], decoded, top_k=top_k)
     entries = []
@@ -172,10 +170,10 @@ def predict(
             model.classnames = list(handle.classnames)
         predictions = [
             ImagePrediction(
-                filename=f.filename or f"image{i}",
+                filename=name,
                 labels=[LabelProbability(label=p["label"], probability=float(p["probability"])) for p in preds],
             )
-            for i, (f, preds) in enumerate(zip(images, ranked, strict=True))
+            for name, preds in zip(filenames, ranked, strict=True)
         ]
         entries.append(ModelPredictions(model=model, predictions=predictions))
     observe_prediction(served[0][0].kind, len(images) * len(served), time.perf_counter() - started)

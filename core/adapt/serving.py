@@ -268,7 +268,8 @@ class ServingEngine:
         size = self.base.image_size
         if not images:
             return torch.empty(0, 3, size, size)
-        return torch.stack([self.transform(image.convert("RGB")) for image in images])
+        # Uploads arrive decoded as RGB (core.adapt.data.open_image); convert() would copy them again.
+        return torch.stack([self.transform(image if image.mode == "RGB" else image.convert("RGB")) for image in images])
 
     def probabilities(self, models: Sequence[Delta], pixels: torch.Tensor) -> list[torch.Tensor]:
         """Class probabilities [images, classes] of each model (device-resident deltas) for the same images."""

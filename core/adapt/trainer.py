@@ -28,6 +28,7 @@ from core.adapt.methods.zero_shot import ZeroShotConfig
 from core.adapt.metrics import classification_metrics
 from core.adapt.models import ClipBase
 from core.adapt.recipe import AutoConfig, parse_recipe
+from core.adapt.runtime import resolve_device
 
 
 class TrainingCancelled(Exception):
@@ -131,12 +132,6 @@ class TrainResult:
     def trainable_params(self) -> int:
         params = dict(self.adapted.named_parameters())
         return sum(params[name].numel() for name in self.trained_names)
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def autocast(device: torch.device):

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from core.jobs.files import dataset_key
+from core.jobs.files import archive_limits, dataset_key
 from core.jobs.models import Dataset, new_id
 from core.jobs.repository import DatasetRepository
 from core.jobs.storage import Storage
 
 if TYPE_CHECKING:
     from core.adapt.data import ArchiveLimits
+    from core.settings import Settings
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
@@ -92,3 +95,41 @@ def delete_dataset(session: Session, storage: Storage, dataset: Dataset) -> None
     DatasetRepository(session).delete(dataset)
     session.commit()
     storage.delete(key)
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    class_id: str
+    name: str
+    split: str
+    jpeg: bytes
+
+
+def class_thumbnails(
+    settings: Settings, storage: Storage, dataset: Dataset, classes: list[int], limit: int, px: int
+) -> list[Thumbnail]:
+    """The first `limit` images of each of `classes` (label indices), in dataset order, as JPEGs at most
+    `px` on their longer side. Extracts the archive once for all of them."""
+    from PIL import Image
+
+    from core.adapt.data import load_dataset, open_image
+
+    scratch = settings.data_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="clipadapt-thumbs-", dir=scratch) as tmp:
+        archive = Path(tmp) / Path(dataset.filename).name
+        storage.get_file(dataset.archive_key, archive)
+        # Already validated on upload: skip decoding every image again.
+        loaded = load_dataset(archive, extract_dir=Path(tmp) / "data", verify_images=False, limits=archive_limits(settings))
+        taken = dict.fromkeys(classes, 0)
+        out = []
+        for sample in loaded.samples:
+            if taken.get(sample.label, limit) >= limit:
+                continue
+            taken[sample.label] += 1
+            img = open_image(sample.path)  # RGB already, as JPEG needs
+            img.thumbnail((px, px), Image.Resampling.BICUBIC)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=80)
+            out.append(Thumbnail(loaded.class_ids[sample.label], sample.path.name, sample.split or "train", buf.getvalue()))
+        return out

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from core.jobs.files import local_artifact
-from core.jobs.runner import resolve_device
 from core.jobs.storage import get_storage
 from core.settings import Settings
 
@@ -25,6 +24,10 @@ from core.settings import Settings
 
 class ImageTooLarge(ValueError):
     """An image over the pixel limit."""
+
+
+class ImageRejected(ValueError):
+    """An upload that is not a readable image of an allowed format; the message names the file."""
 
 
 def _clean(message: str) -> str:
@@ -101,18 +104,18 @@ class PredictionService:
     @property
     def device(self) -> str:
         if self._device is None:
-            self._device = resolve_device(self.settings.device)
+            from core.adapt.runtime import resolve_device
+
+            self._device = str(resolve_device(self.settings.device))
         return self._device
 
     def engine(self, spec: dict[str, Any]) -> Any:
         """The serving engine of a base model, loaded once."""
-        import torch
-
         from core.adapt.models import ModelSpec, load_base_model
+        from core.adapt.runtime import configure_torch
         from core.adapt.serving import ServingEngine
 
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        configure_torch(self.settings.torch_threads)
 
         def build() -> Any:
             base = load_base_model(ModelSpec(**spec), device=self.device)
@@ -189,7 +192,7 @@ class PredictionService:
     @staticmethod
     def open_images(files: list[tuple[str, IO[bytes]]], *, max_pixels: int | None = None) -> list[Any]:
         """Decode uploads to RGB images. Raises ImageTooLarge over ``max_pixels`` (checked from the
-        header, before decoding) and DatasetError for anything that is not an allowed image format,
+        header, before decoding) and ImageRejected for anything that is not an allowed image format,
         naming the file."""
         from PIL import Image, UnidentifiedImageError
 
@@ -206,7 +209,7 @@ class PredictionService:
             except Image.DecompressionBombError as e:
                 raise ImageTooLarge(f"image {name} is too large: {e}") from e
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                raise DatasetError(
+                raise ImageRejected(
                     f"cannot read image {name}: not a {', '.join(IMAGE_FORMATS)} image ({_clean(str(e))})"
                 ) from e
             if max_pixels is not None and width * height > max_pixels:
@@ -215,5 +218,5 @@ class PredictionService:
             try:
                 images.append(open_image(named))
             except DatasetError as e:
-                raise DatasetError(_clean(str(e))) from e
+                raise ImageRejected(_clean(str(e))) from e
         return images

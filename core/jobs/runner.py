@@ -239,14 +239,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def resolve_device(setting: str) -> str:
-    import torch
-
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
-
-
 def _held_job(repo: JobRepository, job_id: str, worker: str, otherwise: str) -> Job | None:
     """The job row, locked, if this worker still holds its lease; else None (logging `otherwise`)."""
     job = repo.get(job_id, for_update=True)
@@ -370,20 +362,19 @@ def _train_and_store(
     *,
     score_test: bool = True,
 ) -> JobState | None:
-    import torch
     from pydantic import ValidationError
 
     from core.adapt.artifact import save_artifact
     from core.adapt.data import load_dataset, make_splits
     from core.adapt.models import ModelSpec, load_base_model
     from core.adapt.recipe import parse_recipe
+    from core.adapt.runtime import configure_torch, resolve_device
     from core.adapt.trainer import TrainingCancelled, train
 
     db_url = settings.resolved_database_url
     storage = get_storage(settings)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    device = resolve_device(settings.device)
+    configure_torch(settings.torch_threads)
+    device = str(resolve_device(settings.device))
 
     if dataset_id is None or archive is None:
         raise JobFailure("dataset_missing", "the job's dataset was deleted")

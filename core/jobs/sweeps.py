@@ -547,7 +547,8 @@ def _score_test(settings: Settings, job_id: str) -> dict[str, Any] | None:
     from core.adapt.recipe import parse_recipe as parse
     from core.adapt.trainer import score_split
     from core.jobs.files import archive_limits, local_artifact, local_dataset
-    from core.jobs.runner import _jsonable, resolve_device
+    from core.adapt.runtime import resolve_device
+    from core.jobs.runner import _jsonable
     from core.jobs.storage import get_storage
 
     with transaction(settings.resolved_database_url) as session:
@@ -556,7 +557,7 @@ def _score_test(settings: Settings, job_id: str) -> dict[str, Any] | None:
         spec, key, recipe = job.base_model_spec, job.artifact_key, job.resolved_recipe or job.recipe
         archive, dataset_id = job.dataset.archive_key, job.dataset.id
     storage = get_storage(settings)
-    device = resolve_device(settings.device)
+    device = str(resolve_device(settings.device))
     folder = local_dataset(storage, archive, settings.cache_dir, dataset_id, limits=archive_limits(settings))
     dataset = load_dataset(folder, verify_images=False)
     model = load_artifact(local_artifact(storage, key, settings.cache_dir, job_id), load_base_model(ModelSpec(**spec), device=device))
