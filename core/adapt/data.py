@@ -93,9 +93,18 @@ def _open(source: str | Path | IO[bytes], name: str) -> Image.Image:
                 img.load()  # decode now so truncated files fail here, not inside a DataLoader
                 return img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DatasetError(f"image {name} is too large: {e}") from e
+        raise DatasetError(f"image {name} is too large: {_without_path(e, source, name)}") from e
     except Exception as e:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
-        raise DatasetError(f"cannot read image {name}: {e}") from e
+        raise DatasetError(f"cannot read image {name}: {_without_path(e, source, name)}") from e
+
+
+def _without_path(error: Exception, source: str | Path | IO[bytes], name: str) -> str:
+    """Pillow's message with the file's path on this machine (an upload's extraction folder) replaced by
+    the name the user knows it by: error messages go back to API clients."""
+    message = str(error)
+    if isinstance(source, (str, Path)):
+        message = message.replace(str(source), name)
+    return message
 
 
 def open_image(path_or_file: str | Path | IO[bytes]) -> Image.Image:

@@ -191,6 +191,7 @@ def test_unusable_datasets_are_refused_with_the_reason(limited, files: dict[str,
     client, settings = limited
     error = assert_error(client.post("/datasets", files={"file": ("d.zip", _zip(files))}), 400, "invalid_dataset")
     assert reason in error["message"]
+    assert str(settings.data_dir) not in error["message"] and "/tmp" not in error["message"]  # no server paths
     _assert_nothing_stored(client, settings)
 
 
