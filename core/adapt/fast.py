@@ -41,7 +41,13 @@ def block_forward(block: ResidualAttentionBlock, x: torch.Tensor, causal: bool, 
     attn = block.attn
     n, length, width = x.shape
     heads = attn.num_heads
-    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    h = block.ln_1(x)
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    # Serving (core.adapt.serving) sets this for a call to add each image's own LoRA update, so models
+    # with different updates share one pass; it is never set while training.
+    if (per_sample := attn.__dict__.get("per_sample_qkv")) is not None:
+        qkv = qkv + per_sample(h)
+    q, k, v = qkv.chunk(3, dim=-1)
     rows = torch.arange(n, device=x.device)
     mask = None
     if query_index is not None:

@@ -15,8 +15,10 @@ is the base's share one image-tower forward per batch; LayerNorm models join tha
 gamma/beta applied per image (the normalization is shared; S-LoRA batches LoRA adapters the same way).
 Full fine-tuning runs per model through `torch.func.functional_call` with its tensors over the shared
 base (no copy of the backbone); its delta is its whole image tower, the copy that method needs anyway.
-LoRA models run the same way with W + B A computed per batch (a few matrix products, small next to the
-image forward), so that a served LoRA model stays the size of its factors.
+LoRA models ride in the shared pass too: each image's attention projections add x A^T B^T of its own
+model (a rank-r product, small next to the image forward), so a served LoRA model stays the size of its
+factors and costs no forward of its own. Where the fast path does not apply, they run like full
+fine-tuning with W + B A computed per batch.
 
 `functional_call` and the per-image LayerNorms swap tensors on the shared modules for the duration of a
 call, so every image
@@ -75,6 +77,16 @@ class LowRank:
         from core.adapt.methods.lora import updated_weight
 
         return updated_weight(base_weight, self.a, self.b, self.blocks, self.targets, self.scale)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B A)^T * scale, what the update adds to the layer's output for inputs x [..., in]."""
+        z = torch.einsum("...i,tri->...tr", x, self.a.to(x.dtype))
+        update = torch.einsum("...tr,tor->...to", z, self.b.to(x.dtype)) * self.scale  # [..., targets, out]
+        if list(self.targets) != list(range(self.blocks)):
+            rows = x.new_zeros(*update.shape[:-2], self.blocks, update.shape[-1])
+            rows[..., self.targets, :] = update
+            update = rows
+        return update.flatten(-2)
 
     def to(self, device: torch.device) -> LowRank:
         return LowRank(self.a.to(device, non_blocking=True), self.b.to(device, non_blocking=True), self.blocks, self.targets, self.scale)
@@ -220,6 +232,8 @@ class ServingEngine:
         visual = base.model.visual
         self.norms = {name: m for name, m in visual.named_modules() if isinstance(m, nn.LayerNorm) and m.weight is not None}
         self.norm_params = {f"{name}.{p}" for name in self.norms for p in ("weight", "bias")}
+        self.attentions = {name: m for name, m in visual.named_modules() if isinstance(m, nn.MultiheadAttention)}
+        self.low_rank_weights = {f"{name}.{w}" for name in self.attentions for w in ("in_proj_weight", "out_proj.weight")}
         self.batched_norms = fast.vision_supported(visual)
         _, self.transform = build_transforms(**base.preprocess)
         self.device_cache_size = device_cache_size
@@ -326,14 +340,16 @@ class ServingEngine:
                 return
 
     def _shared(self, model: Delta) -> bool:
-        """Whether a model runs in the shared image-tower pass: the base's tower, or LayerNorm tensors only
-        (applied per sample there), where the fast blocks keep every activation batch-first."""
-        return not model.own_tower or (self.batched_norms and not model.low_rank and model.visual.keys() <= self.norm_params)
+        """Whether a model runs in the shared image-tower pass: the base's tower, or LayerNorm tensors and
+        LoRA updates of attention only (applied per sample there), where the fast blocks keep every
+        activation batch-first."""
+        return not model.own_tower or (self.batched_norms and model.visual.keys() <= self.norm_params
+                                       and model.low_rank.keys() <= self.low_rank_weights)
 
     @torch.no_grad()
     def _run(self, batch: list[_Request]) -> list[list[torch.Tensor]]:
-        # One shared pass over every request's images, once per (request, LayerNorm model) and once per
-        # request for all base-tower models; models with other image-tower tensors (full, LoRA) run per model.
+        # One shared pass over every request's images, once per (request, LayerNorm or LoRA model) and once
+        # per request for all base-tower models; models with other image-tower tensors (full) run per model.
         segments: list[tuple[int, Delta | None]] = []
         separate: dict[int, tuple[Delta, list[int]]] = {}
         for i, request in enumerate(batch):
@@ -350,7 +366,7 @@ class ServingEngine:
             if segments:
                 pixels = torch.cat([batch[i].pixels for i, _ in segments]).to(self.device, non_blocking=True)
                 if any(model is not None for _, model in segments):
-                    with self._per_sample_norms([(len(batch[i].pixels), model) for i, model in segments]):
+                    with self._per_sample_deltas([(len(batch[i].pixels), model) for i, model in segments]):
                         out = self.features(pixels, projected)
                 else:
                     out = self.features(pixels, projected)
@@ -379,25 +395,47 @@ class ServingEngine:
             start += n
 
     @contextlib.contextmanager
-    def _per_sample_norms(self, segments: list[tuple[int, Delta | None]]):
-        """Each image-tower LayerNorm applies, to each image, the gamma/beta of the model it runs for
-        (S-LoRA-style batching of deltas); the normalization itself is shared. Set on the instances, on
-        the worker thread, only for this call."""
+    def _per_sample_deltas(self, segments: list[tuple[int, Delta | None]]):
+        """Each image-tower LayerNorm applies, to each image, the gamma/beta of the model it runs for, and
+        each attention adds that model's LoRA update (S-LoRA-style batching of deltas); the base's
+        computation itself is shared. Set on the instances, on the worker thread, only for this call."""
         try:
             for name, norm in self.norms.items():
                 weight = torch.cat([(m.visual.get(f"{name}.weight", norm.weight) if m else norm.weight).expand(n, -1) for n, m in segments])
                 bias = torch.cat([(m.visual.get(f"{name}.bias", norm.bias) if m else norm.bias).expand(n, -1) for n, m in segments])
                 norm.forward = functools.partial(_sample_norm, norm, weight, bias)
+            for name, attn in self.attentions.items():
+                qkv = [(n, m.low_rank.get(f"{name}.in_proj_weight") if m else None) for n, m in segments]
+                if any(update for _, update in qkv):
+                    attn.per_sample_qkv = functools.partial(_sample_low_rank, qkv)
+                out = [(n, m.low_rank.get(f"{name}.out_proj.weight") if m else None) for n, m in segments]
+                if any(update for _, update in out):
+                    projection = attn.out_proj
+                    projection.forward = lambda x, p=projection, u=out: F.linear(x, p.weight, p.bias) + _sample_low_rank(u, x)
             yield
         finally:
             for norm in self.norms.values():
                 norm.__dict__.pop("forward", None)
+            for attn in self.attentions.values():
+                attn.__dict__.pop("per_sample_qkv", None)
+                attn.out_proj.__dict__.pop("forward", None)
 
 
 def _sample_norm(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
     normalized = F.layer_norm(x, norm.normalized_shape, None, None, norm.eps)
     return normalized * weight.view(shape).to(x.dtype) + bias.view(shape).to(x.dtype)
+
+
+def _sample_low_rank(segments: list[tuple[int, LowRank | None]], x: torch.Tensor) -> torch.Tensor:
+    """What each image's LoRA update adds for inputs x [images, ..., in], images in segment order."""
+    width = next(u.blocks * u.b.shape[1] for _, u in segments if u is not None)
+    parts, start = [], 0
+    for n, update in segments:
+        part = x[start : start + n]
+        parts.append(update.output(part) if update is not None else part.new_zeros(*part.shape[:-1], width))
+        start += n
+    return torch.cat(parts)
 
 
 def rank(classnames: list[str], probabilities: torch.Tensor, top_k: int) -> list[list[dict[str, Any]]]:
