@@ -102,7 +102,7 @@ function upload(path, form, onProgress) {
 }
 
 function page(title, ...children) {
-  main.replaceChildren(h("h1", {}, title), ...children);
+  main.replaceChildren(h("h1", {}, title), ...children.filter((c) => c !== null && c !== undefined));
   document.title = `${title} · clipadapt`;
 }
 const errorBox = () => h("p", { class: "error", role: "alert" });
@@ -468,6 +468,96 @@ async function predictPage(params) {
   page("Predict", form, results);
 }
 
+// -------------------------------------------------------------------------------------- sweeps
+
+const numbers = (text) => text.split(",").map((x) => x.trim()).filter(Boolean).map(Number);
+
+async function sweepsPage(params) {
+  const [sweeps, datasets, models] = await Promise.all([api("sweeps?limit=100"), api("datasets?limit=100"), api("models")]);
+  const bases = models.data.filter((m) => m.kind === "base");
+  const err = errorBox();
+  const field = (id, label, control, hint) => h("div", {}, h("label", { for: id }, label, hint ? h("span", { class: "hint" }, ` ${hint}`) : null), control);
+  const dataset = h("select", { id: "sw-dataset", required: true }, datasets.data.map((d) => h("option", { value: d.id, selected: d.id === params.get("dataset") }, `${d.filename} (${d.id.slice(0, 8)})`)));
+  const base = h("select", { id: "sw-base" }, bases.map((b) => h("option", { value: b.name }, b.name)));
+  const preset = h("select", { id: "sw-preset" }, h("option", { value: "quick" }, "quick: section 6's three recipes"), h("option", { value: "paper" }, "paper: Table 1's grid (13 recipes)"));
+  const lrs = h("input", { id: "sw-lrs", type: "text", value: "0.001" });
+  const seeds = h("input", { id: "sw-seeds", type: "text", value: "0" });
+  const epochs = h("input", { id: "sw-epochs", type: "number", min: "1", max: "1000", value: "9" });
+  const name = h("input", { id: "sw-name", type: "text" });
+  const form = h("form", { id: "sweep-form", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const sweep = await postJSON("sweeps", { dataset_id: dataset.value, base_model: base.value, name: name.value || null,
+        space: { preset: preset.value, lrs: numbers(lrs.value), seeds: numbers(seeds.value), recipe: { epochs: Number(epochs.value) } } });
+      location.hash = `#/sweeps/${sweep.id}`;
+    } catch (x) { showError(err, x); }
+  } },
+    h("div", { class: "row" }, field("sw-dataset", "Dataset", dataset), field("sw-base", "Base model", base), field("sw-preset", "Recipes", preset)),
+    h("div", { class: "row" }, field("sw-lrs", "Learning rates", lrs, "(comma-separated)"), field("sw-seeds", "Seeds", seeds, "(comma-separated)"),
+      field("sw-epochs", "Epochs", epochs), field("sw-name", "Name", name, "(optional)")),
+    h("div", { class: "row" }, h("button", { type: "submit", id: "sweep-submit", disabled: !datasets.data.length }, "Start sweep")), err);
+  const table = h("table", { id: "sweeps" },
+    h("thead", {}, h("tr", {}, ["sweep", "state", "trials", "base", "created"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, sweeps.data.map((s) => h("tr", {}, h("td", {}, h("a", { href: `#/sweeps/${s.id}` }, s.name || s.id)), h("td", {}, stateEl(s.state)),
+      h("td", { class: "num" }, s.trials), h("td", {}, s.base_model), h("td", {}, when(s.created_at))))));
+  page("Sweeps",
+    h("p", { class: "hint" }, "A sweep trains a grid of recipes on one dataset (every trial an ordinary job), stops weak trials early with successive halving and selects the best by validation accuracy; only that one is scored on test."),
+    h("h2", {}, "Start a sweep"), datasets.data.length ? form : h("p", {}, "Upload a dataset first: ", h("a", { href: "#/datasets" }, "Datasets"), "."),
+    h("h2", {}, "Sweeps"), sweeps.data.length ? table : h("p", {}, "None yet."));
+  if (sweeps.data.some((s) => s.state === "queued" || s.state === "running" || s.state === "finishing")) pollTimer = setTimeout(() => route(), 2000);
+}
+
+/** Validation accuracy against trainable parameters (log scale), one point per recipe. */
+function scatter(rows) {
+  const points = rows.filter((r) => r.trainable_params && r.val_accuracy_mean !== null).sort((a, b) => a.trainable_params - b.trainable_params);
+  const box = h("figure", { id: "chart-scatter", class: "chart" }, h("figcaption", {}, "Validation accuracy vs trainable parameters (one point per recipe)"));
+  if (!points.length) { box.append(h("p", { class: "hint" }, "No finished epochs yet.")); return box; }
+  const opts = {
+    width: 520, height: 260,
+    scales: { x: { time: false, distr: 3 }, y: { range: [0, 1] } },
+    axes: [{ label: "trainable parameters" }, { label: "val accuracy" }],
+    series: [{ label: "parameters" }, { label: "val accuracy", stroke: "#1f5fbf", paths: () => null, points: { show: true, size: 9, fill: "#1f5fbf" } }],
+  };
+  charts.push(new window.uPlot(opts, [points.map((r) => r.trainable_params), points.map((r) => r.val_accuracy_mean)], box));
+  return box;
+}
+
+async function sweepPage(id) {
+  const sweep = await api(`sweeps/${id}`);
+  while (charts.length) charts.pop().destroy();
+  const live = sweep.state === "queued" || sweep.state === "running" || sweep.state === "finishing";
+  const err = errorBox();
+  const pr = sweep.progress;
+  const recipe = (r) => `${r.method}${r.layernorm !== "none" ? ` + LayerNorm ${r.layernorm}` : ""}`;
+  const board = h("table", { id: "leaderboard" },
+    h("thead", {}, h("tr", {}, ["#", "recipe", "lr", "shots", "val acc (mean ± std over seeds)", "trainable params", "run time", "trials", "stopped early"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, sweep.leaderboard.map((r, i) => h("tr", { class: r.best_job_id && r.best_job_id === sweep.best_job_id ? "best" : null },
+      h("td", { class: "num" }, i + 1),
+      h("td", {}, r.best_job_id ? h("a", { href: `#/jobs/${r.best_job_id}` }, recipe(r)) : recipe(r)),
+      h("td", { class: "num" }, r.lr ?? "default"), h("td", { class: "num" }, r.shots ?? "all"),
+      h("td", { class: "num" }, r.val_accuracy_mean === null ? "–" : `${pct(r.val_accuracy_mean)} ± ${pct(r.val_accuracy_std ?? 0)}`),
+      h("td", { class: "num" }, fmtInt(r.trainable_params)), h("td", { class: "num" }, `${r.run_seconds.toFixed(1)} s`),
+      h("td", {}, r.states.map(stateEl)), h("td", {}, r.stopped_early ? "yes" : "")))));
+  const done = sweep.state === "succeeded";
+  page(`Sweep ${sweep.name || sweep.id}`,
+    h("p", {}, stateEl(sweep.state), " · ", h("progress", { max: String(pr.epochs_full_grid || 1), value: String(pr.epochs_trained), "aria-label": "Epochs trained of the full grid's" }),
+      ` ${fmtInt(pr.epochs_trained)} of ${fmtInt(pr.epochs_full_grid)} grid epochs · ${pr.trials} trials · base ${sweep.base_model}`),
+    sweep.error ? h("p", { class: "error" }, `${sweep.error.code}: ${sweep.error.message}`) : null,
+    sweep.test_metrics ? h("p", { id: "sweep-test" }, `Best trial on test: accuracy ${pct(sweep.test_metrics.accuracy)} · macro-F1 ${pct(sweep.test_metrics.macro_f1)}`) : null,
+    h("div", { class: "row" },
+      live ? h("button", { type: "button", id: "sweep-cancel", class: "secondary", onclick: async () => {
+        try { await api(`sweeps/${id}/cancel`, { method: "POST" }); route(); } catch (x) { showError(err, x); }
+      } }, "Cancel sweep") : null,
+      done && sweep.best_job_id && sweep.promoted_job_id !== sweep.best_job_id ? h("button", { type: "button", id: "sweep-promote", onclick: async () => {
+        try { await postJSON(`sweeps/${id}/promote`, {}); route(); } catch (x) { showError(err, x); }
+      } }, "Promote the best trial") : null,
+      sweep.promoted_job_id ? h("span", { id: "sweep-promoted" }, "Promoted: ", h("a", { href: `#/predict?job=${sweep.promoted_job_id}` }, "predict with it")) : null),
+    err,
+    h("h2", {}, "Leaderboard"), sweep.leaderboard.length ? board : h("p", { class: "hint" }, "Waiting for the first trial…"),
+    h("h2", {}, "Accuracy and size"), scatter(sweep.leaderboard));
+  if (live) pollTimer = setTimeout(() => sweepPage(id).catch(fail), 2000);
+}
+
 // -------------------------------------------------------------------------------------- models
 
 async function modelsPage() {
@@ -496,11 +586,12 @@ async function route() {
   for (const a of document.querySelectorAll("nav a")) {
     if (a.getAttribute("href") === `#/${parts[0]}`) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
-  if (parts[0] !== "jobs" || !parts[1]) while (charts.length) charts.pop().destroy();
+  if (!["jobs", "sweeps"].includes(parts[0]) || !parts[1]) while (charts.length) charts.pop().destroy();
   try {
     switch (parts[0]) {
       case "new": return await newJobPage(params);
       case "jobs": return await (parts[1] ? jobPage(parts[1]) : jobsPage());
+      case "sweeps": return await (parts[1] ? sweepPage(parts[1]) : sweepsPage(params));
       case "predict": return await predictPage(params);
       case "models": return await modelsPage();
       default: return await datasetsPage();

@@ -1,6 +1,6 @@
 """The dashboard in a real browser: headless Debian chromium driven by Selenium against the embedded
 API (as `make serve` runs it). upload -> create job -> watch it finish -> confusion matrix ->
-predictions; a screenshot of every page under test-output/dashboard/; any browser console error fails."""
+predictions -> a sweep's leaderboard and promotion; a screenshot of every page under test-output/dashboard/; any browser console error fails."""
 
 from __future__ import annotations
 
@@ -169,13 +169,36 @@ def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> Non
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f"#tuned-models a[href='#/jobs/{job_id}']")))
     shot("models")
 
+    # Sweeps: a quick sweep from the form; the leaderboard and the accuracy/size scatter fill in; promote.
+    driver.get(f"{url}/#/sweeps?dataset={dataset_id}")
+    wait.until(EC.presence_of_element_located((By.ID, "sweep-form")))
+    Select(driver.find_element(By.ID, "sw-base")).select_by_value("clipadapt-tiny")
+    for control, value in (("sw-lrs", "0.001"), ("sw-seeds", "0"), ("sw-epochs", "1"), ("sw-name", "browser sweep")):
+        element = driver.find_element(By.ID, control)
+        element.clear()
+        element.send_keys(value)
+    for control in driver.find_elements(By.CSS_SELECTOR, "main input, main select"):
+        assert driver.find_elements(By.CSS_SELECTOR, f"label[for='{control.get_attribute('id')}']"), control.get_attribute("id")
+    shot("sweeps")
+    driver.find_element(By.ID, "sweep-submit").click()
+    wait.until(lambda d: d.current_url.split("#", 1)[1].startswith("/sweeps/"))
+    WebDriverWait(driver, 240).until(EC.presence_of_element_located((By.ID, "sweep-promote")))
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")) == 3  # the quick preset's recipes
+    assert driver.find_elements(By.CSS_SELECTOR, "#leaderboard tr.best")
+    assert driver.find_elements(By.CSS_SELECTOR, "#chart-scatter canvas")
+    assert "Best trial on test: accuracy" in text_of("#sweep-test")
+    assert "null" not in text_of("main")
+    shot("sweep")
+    driver.find_element(By.ID, "sweep-promote").click()
+    wait.until(EC.presence_of_element_located((By.ID, "sweep-promoted")))
+
     # Keyboard: the main navigation is reachable with Tab and focus is visible on it.
     driver.find_element(By.TAG_NAME, "body").send_keys("\ue004")  # Tab
     assert driver.switch_to.active_element.tag_name == "a"
 
     # Chromium logs every 4xx response as a console error; only the upload refused above is expected.
     assert console_errors(driver, expected=["/datasets - Failed to load resource: the server responded with a status of 400"]) == []
-    for name in ("datasets", "new-job", "job", "job-evaluation", "jobs", "predict", "models"):
+    for name in ("datasets", "new-job", "job", "job-evaluation", "jobs", "predict", "models", "sweeps", "sweep"):
         assert (SHOTS / f"{name}.png").stat().st_size > 1000
 
 
