@@ -50,15 +50,13 @@ def drawn_digit(label: int, rng: random.Random) -> Image.Image:
 def starter_task_images(task_name: str, classes: int, counts: dict[str, int], seed: int):
     """(class name, split, index, image) of a starter downstream task, from the task's own generator
     stream (`seed` shifts it, so different seeds give different images)."""
-    from core.starter import render
     from core.starter.tasks import TASK_SEEDS, TASKS
 
     task = TASKS[task_name]
     for label, name in enumerate(task.classes[:classes]):
         for offset, (split, n) in enumerate(counts.items()):
             for i in range(n):
-                rng = render.scene_rng(TASK_SEEDS[task_name] + seed, offset * 100_000 + label * 10_000 + i)
-                yield name, split, i, render.draw_scene(task.scene(label, rng), rng)
+                yield name, split, i, task.draw(label, TASK_SEEDS[task_name] + seed, offset * 100_000 + label * 10_000 + i)
 
 
 def digit_images(classes: int, counts: dict[str, int], seed: int, size: int):
@@ -88,14 +86,13 @@ def main() -> None:
         parser.error("output must end in .zip")
 
     counts = {"train": args.train, "val": args.val, "test": args.test}
-    if args.task != "digits":
+    if args.task == "digits":
+        images = digit_images(args.classes, counts, args.seed, args.size)
+    else:
         from core.starter.tasks import TASKS
 
         if args.classes > len(TASKS[args.task].classes):
             parser.error(f"--task {args.task} has {len(TASKS[args.task].classes)} classes")
-    if args.task == "digits":
-        images = digit_images(args.classes, counts, args.seed, args.size)
-    else:
         images = starter_task_images(args.task, args.classes, counts, args.seed)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{args.output.name}.", dir=args.output.parent)

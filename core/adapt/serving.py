@@ -234,7 +234,8 @@ class ServingEngine:
         self.norm_params = {f"{name}.{p}" for name in self.norms for p in ("weight", "bias")}
         self.attentions = {name: m for name, m in visual.named_modules() if isinstance(m, nn.MultiheadAttention)}
         self.low_rank_weights = {f"{name}.{w}" for name in self.attentions for w in ("in_proj_weight", "out_proj.weight")}
-        self.batched_norms = fast.vision_supported(visual)
+        # The fast blocks keep every activation batch-first, so per-image deltas can ride one pass.
+        self.per_image_deltas = fast.vision_supported(visual)
         _, self.transform = build_transforms(**base.preprocess)
         self.device_cache_size = device_cache_size
         self.max_batch = max_batch
@@ -343,7 +344,7 @@ class ServingEngine:
         """Whether a model runs in the shared image-tower pass: the base's tower, or LayerNorm tensors and
         LoRA updates of attention only (applied per sample there), where the fast blocks keep every
         activation batch-first."""
-        return not model.own_tower or (self.batched_norms and model.visual.keys() <= self.norm_params
+        return not model.own_tower or (self.per_image_deltas and model.visual.keys() <= self.norm_params
                                        and model.low_rank.keys() <= self.low_rank_weights)
 
     @torch.no_grad()

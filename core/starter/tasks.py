@@ -55,6 +55,11 @@ class Task:
                                 background=background, font=str(rng.choice(GREEK_FONTS)))
         raise ValueError(f"unknown task {self.name!r}")
 
+    def draw(self, label: int, seed: int, index: int):
+        """Image `index` of class `label` from generator stream `seed` (the same arguments, the same image)."""
+        rng = render.scene_rng(seed, index)
+        return render.draw_scene(self.scene(label, rng), rng)
+
 
 TASKS = {
     task.name: task
@@ -80,6 +85,5 @@ def write_task(name: str, root: str | Path, train_per_class: int = 32, test_per_
             folder = root / split / class_name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                rng = render.scene_rng(seed, offset + label * 10_000 + i)
-                render.draw_scene(task.scene(label, rng), rng).save(folder / f"{i:03d}.png")
+                task.draw(label, seed, offset + label * 10_000 + i).save(folder / f"{i:03d}.png")
     return root
