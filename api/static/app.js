@@ -470,6 +470,7 @@ async function predictPage(params) {
 
 // -------------------------------------------------------------------------------------- sweeps
 
+const sweepActive = (s) => s.state === "running" || s.state === "finishing"; // the API's SweepState.active
 const numbers = (text) => text.split(",").map((x) => x.trim()).filter(Boolean).map(Number);
 
 async function sweepsPage(params) {
@@ -504,7 +505,7 @@ async function sweepsPage(params) {
     h("p", { class: "hint" }, "A sweep trains a grid of recipes on one dataset (every trial an ordinary job), stops weak trials early with successive halving and selects the best by validation accuracy; only that one is scored on test."),
     h("h2", {}, "Start a sweep"), datasets.data.length ? form : h("p", {}, "Upload a dataset first: ", h("a", { href: "#/datasets" }, "Datasets"), "."),
     h("h2", {}, "Sweeps"), sweeps.data.length ? table : h("p", {}, "None yet."));
-  if (sweeps.data.some((s) => s.state === "queued" || s.state === "running" || s.state === "finishing")) pollTimer = setTimeout(() => route(), 2000);
+  if (sweeps.data.some(sweepActive)) pollTimer = setTimeout(() => route(), 2000);
 }
 
 /** Validation accuracy against trainable parameters (log scale), one point per recipe. */
@@ -525,7 +526,7 @@ function scatter(rows) {
 async function sweepPage(id) {
   const sweep = await api(`sweeps/${id}`);
   while (charts.length) charts.pop().destroy();
-  const live = sweep.state === "queued" || sweep.state === "running" || sweep.state === "finishing";
+  const live = sweepActive(sweep);
   const err = errorBox();
   const pr = sweep.progress;
   const recipe = (r) => `${r.method}${r.layernorm !== "none" ? ` + LayerNorm ${r.layernorm}` : ""}`;
