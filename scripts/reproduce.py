@@ -63,6 +63,7 @@ def run_grid(args: argparse.Namespace) -> None:
     from core.adapt.data import load_dataset
     from core.adapt.models import ModelSpec, load_base_model
     from core.adapt.predictor import zero_shot_model
+    from core.adapt.methods.base import LOW_DATA_MAX_SHOTS
     from core.adapt.recipe import parse_recipe
     from core.adapt.data import ImageSamples, build_transforms
     from core.adapt.runtime import resolve_device
@@ -77,7 +78,8 @@ def run_grid(args: argparse.Namespace) -> None:
     runs_path = args.out / "runs.jsonl"
     done = {(r["task"], r["label"], r["shots"], r["seed"]) for r in load_runs(runs_path)}
     grid = [dict(r) for r in recipes(args.methods)] + ([{"method": "auto", "layernorm": "none"}] if args.auto else [])
-    todo = [(task, recipe, shots, seed) for task in args.tasks for shots in args.shots for seed in args.seeds
+    # Seeds outermost: an interrupted grid still holds every cell, with fewer seeds.
+    todo = [(task, recipe, shots, seed) for seed in args.seeds for task in args.tasks for shots in args.shots
             for recipe in grid if (task, label(recipe), shots, seed) not in done]
     zero_shot_todo = [task for task in args.tasks if (task, "zero_shot", 0, 0) not in done]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -102,9 +104,10 @@ def run_grid(args: argparse.Namespace) -> None:
                     "test_accuracy": metrics["accuracy"], "trainable_params": 0, "seconds": 0.0})
 
         for task, recipe, shots, seed in tqdm(todo, desc="grid", unit="run", file=sys.stderr):
-            fields = {**recipe, "shots": shots, "seed": seed}
-            if args.epochs is not None:
-                fields["epochs"] = args.epochs
+            # Every method gets the paper's schedule, LoRA included (its own default is CLIP-LoRA's
+            # 500 x shots steps, up to 16x more here), so that rows compare at equal steps.
+            epochs = args.epochs if args.epochs is not None else (100 if shots <= LOW_DATA_MAX_SHOTS else 50)
+            fields = {**recipe, "shots": shots, "seed": seed, "epochs": epochs}
             started = time.monotonic()
             result = train(base, datasets[task], parse_recipe(fields), device=device)
             best = max((h for h in result.history if h["best"]), key=lambda h: (h["stage"], h["epoch"]), default=None)

@@ -124,6 +124,7 @@ A curriculum: the first scenes are one larger object on a plain or gradient back
 on every kind of scene is as likely as it gets. Seed {config['seed']}.
 
 Measured run: {run['wall_minutes']:.1f} minutes on {run['machine']} ({run['pairs_per_second']:.0f} pairs/s).
+{run.get('note', '')}
 
 ![loss](loss.png)
 
@@ -176,7 +177,7 @@ def build(out: str | Path, config: PretrainConfig | None = None, progress: Any =
             "pairs_per_second": config.steps * config.batch_size / wall,
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads",
         },
-        "zero_shot": zero_shot_report(base, config.eval_seed),
+        "zero_shot": zero_shot_report(base, config.eval_seed, per_pair=config.eval_per_pair),
         "targets": TARGETS,
     }
     plot_loss(history, out / "loss.png")

@@ -38,7 +38,7 @@ def test_pretraining_is_deterministic_and_lowers_the_loss() -> None:
 
 def test_build_writes_a_model_directory_the_loader_and_the_card_agree_on(tmp_path, monkeypatch) -> None:
     # The model card's evaluation is the real one, on fewer images.
-    monkeypatch.setattr(build, "zero_shot_report", lambda base, seed: _report(base, seed))
+    monkeypatch.setattr(build, "zero_shot_report", lambda base, seed, per_pair: _report(base, seed, per_pair))
     out = tmp_path / "starter"
     results = build.build(out, small_config())
     assert {p.name for p in out.iterdir()} == {build.CONFIG_FILE, build.WEIGHTS_FILE, "MODEL_CARD.md", "loss.png", "results.json"}
@@ -51,9 +51,10 @@ def test_build_writes_a_model_directory_the_loader_and_the_card_agree_on(tmp_pat
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def _report(base, seed):
+def _report(base, seed, per_pair):
     from core.starter import evaluation
 
+    assert per_pair == PretrainConfig().eval_per_pair  # the config's field reaches the evaluation
     pairs = evaluation.all_pairs()
     return {"classes": len(pairs),
             "generator": evaluation.score(base, evaluation.generator_images(seed, 1, pairs), pairs),
@@ -64,7 +65,7 @@ def test_cli_pretrain_starter_reports_zero_shot_results(tmp_path, monkeypatch) -
     from core.cli import app
     from core.starter import pretrain as pretrain_module
 
-    monkeypatch.setattr(build, "zero_shot_report", lambda base, seed: _report(base, seed))
+    monkeypatch.setattr(build, "zero_shot_report", lambda base, seed, per_pair: _report(base, seed, per_pair))
     monkeypatch.setattr(pretrain_module, "STARTER_ARCHITECTURE", SMALL)
     result = CliRunner().invoke(app, ["pretrain-starter", "--out", str(tmp_path / "m"), "--steps", "3", "--batch-size", "8", "--threads", "1"])
     assert result.exit_code == 0, result.output
