@@ -55,6 +55,8 @@ def test_each_owner_sees_only_their_own(settings: Settings, example_zip: Path) -
                      f"/jobs/{job['id']}/events", f"/jobs/{job['id']}/artifact"):
             assert bob.get(path).status_code == 404, path
             assert alice.get(path).status_code == 200, path
+        for format in ("zip", "open_clip", "onnx"):  # exports too: refused before anything is built
+            assert_error(bob.get(f"/jobs/{job['id']}/artifact", params={"format": format}), 404, "job_not_found")
         assert_error(bob.post(f"/jobs/{job['id']}/cancel"), 404, "job_not_found")
         assert_error(bob.delete(f"/datasets/{dataset['id']}"), 404, "dataset_not_found")
         # Bob cannot train on, or predict with, what is Alice's: as if it did not exist.
