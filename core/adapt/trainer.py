@@ -174,7 +174,9 @@ def _children_allowed() -> Iterator[None]:
     try:
         yield
     finally:
-        if daemon is not None:
+        if daemon is None:
+            config.pop("daemon", None)
+        else:
             config["daemon"] = daemon
 
 
