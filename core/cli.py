@@ -218,6 +218,7 @@ def train(
     from core.adapt.artifact import save_artifact
     from core.adapt.recipe import parse_recipe
     from core.adapt.trainer import TrainingDiverged, train as run_training
+    from core.settings import get_settings
 
     options = {"method": method, "layernorm": layernorm, "shots": shots, "epochs": epochs, "seed": seed, "lr": lr,
                "batch_size": batch_size}
@@ -230,7 +231,8 @@ def train(
     dataset = load_data(data)
     progress = ProgressBar(quiet=as_json)
     try:
-        result = run_training(base, dataset, recipe, callbacks=progress, device=device)
+        result = run_training(base, dataset, recipe, callbacks=progress, device=device,
+                              loader_workers=get_settings().loader_workers)
     except (TrainingDiverged, ValueError) as exc:
         fail(str(exc))
     finally:

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         description="Torch CPU threads per process; 0 = torch's default (the embedded runner's "
         "training process then leaves one core to the API).",
     )
+    loader_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes decoding and augmenting training images where every step "
+        "runs the image tower (LayerNorm, full, LoRA, joint modes); auto: up to 4 on CUDA, 0 on a CPU.",
+    )
     embedded_workers: int = Field(
         1, ge=1, description="Jobs the embedded runner trains at the same time."
     )

@@ -13,6 +13,8 @@ Sections (all on the same architecture, batch and data; random weights, which co
   serving  many fine-tuned models on one base (deltas): memory of 200 models against one base and
            against a full copy per model, mixed traffic over 50 models against one, cold vs warm
   gpu      (with --device cuda) images/s per method in bf16 and the fraction of the device's peak
+  compile  the trainer's train_step eager against torch.compile'd (LayerNorm, linear probe, LoRA): compile
+           time, steady-state step time, and how far losses and updated parameters are from eager's
 
 Usage: python scripts/benchmark.py [--device cuda] [--sections train,peft,...] [--model ViT-B-16]
 Ratios are ours/theirs for times (lower is better) unless the column says otherwise.
@@ -138,11 +140,14 @@ class StepRunner:
                 if not model.text_side_trains():
                     self.fixed_classes = model.class_embeddings()
 
-    def step(self) -> None:
-        # The trainer's own step (core.adapt.trainer.train_step), on cached features where it caches them.
+    def step(self) -> float:
+        # The trainer's own step (core.adapt.trainer.train_step, or a compiled one set as `train_step`),
+        # on cached features where it caches them.
         inputs = self.features if self.features is not None else self.images
-        train_step(self.model, self.optimizer, inputs, self.labels, self.device,
-                   features_given=self.features is not None, fixed_classes=self.fixed_classes)
+        return self.train_step(self.model, self.optimizer, inputs, self.labels, self.device,
+                               features_given=self.features is not None, fixed_classes=self.fixed_classes)
+
+    train_step = staticmethod(train_step)
 
     def encode_seconds_per_image(self, repeats: int, batch: int = 64) -> float:
         """Feature caching encodes in batches of 64, as the trainer does."""
@@ -334,6 +339,61 @@ def section_gpu(base: ClipBase, args, device) -> None:
                 f"{forward_gflops:.1f} GFLOPs per image forward, peak {args.peak_tflops:g} TFLOP/s)", ["method", "measures", "img/s", "TFLOP/s", "of peak", "peak MiB"], rows)
 
 
+# -------------------------------------------------------------------------------------------- compile
+
+
+COMPILE_CHECK_STEPS = 3  # steps both runs take from the same state before they are compared
+COMPILE_RTOL = 1e-3  # relative: fused kernels reorder float sums, so bit-identical results are not expected
+
+
+def section_compile(base: ClipBase, args, device) -> None:
+    """train_step eager against torch.compile(train_step) on twin models from the same state."""
+    import torch._inductor.config as inductor_config
+
+    # Dropout (LoRA's) then draws the same numbers as in eager, so the two runs can be compared.
+    inductor_config.fallback_random = True
+    rows = []
+    for method in ("layernorm", "linear_probe", "lora"):
+        torch.manual_seed(0)
+        model = build(base, method, args.classes, device)
+        twin = copy.deepcopy(model)
+        torch.manual_seed(1)
+        eager = StepRunner(model, args.batch, device, cached=True)
+        torch.manual_seed(1)
+        compiled = StepRunner(twin, args.batch, device, cached=True)
+        compiled.train_step = torch.compile(train_step)
+        start_params = {n: p.detach().clone() for n, p in model.trainable_parameters().items()}
+        losses, first_calls = [], []
+        for i in range(COMPILE_CHECK_STEPS):
+            torch.manual_seed(100 + i)
+            eager_loss = eager.step()
+            torch.manual_seed(100 + i)
+            start = time.perf_counter()
+            compiled_loss = compiled.step()
+            sync(device)
+            first_calls.append(time.perf_counter() - start)
+            losses.append(abs(compiled_loss - eager_loss) / max(abs(eager_loss), 1e-12))
+        # The updates compared, relative to the largest: Adam divides each gradient by its own running
+        # size, so where gradients are ~0 a rounding difference can flip an update's sign.
+        with torch.no_grad():
+            eager_updates = {n: p - start_params[n] for n, p in model.trainable_parameters().items()}
+            compiled_updates = {n: p - start_params[n] for n, p in twin.trainable_parameters().items()}
+            largest = max(float(u.abs().max()) for u in eager_updates.values())
+            param_error = max(float((compiled_updates[n] - u).abs().max()) for n, u in eager_updates.items()) / max(largest, 1e-30)
+        eager_s = timed(eager.step, device, args.steps)
+        compiled_s = timed(compiled.step, device, args.steps)
+        # The first calls compile (the forward, and the optimizer step once its state exists).
+        compile_s = sum(first_calls[:2]) - 2 * compiled_s
+        same = max(losses) == 0 and param_error == 0
+        within = max(losses) <= COMPILE_RTOL and param_error <= COMPILE_RTOL
+        rows.append([method, compile_s, eager_s, compiled_s, compiled_s / eager_s, f"{max(losses):.1e}", f"{param_error:.1e}",
+                     "identical" if same else f"within {COMPILE_RTOL:g}" if within else "NO"])
+    print_table(f"train_step eager vs torch.compile, batch {args.batch} ({device.type}); {COMPILE_CHECK_STEPS} steps from one "
+                "state compared (loss: relative; update: relative to the largest)",
+                ["method", "compile s", "eager step s", "compiled step s", "compiled/eager", "loss diff", "update diff",
+                 "results"], rows)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -424,14 +484,14 @@ def section_serving(base: ClipBase, args, device) -> None:
 
 
 SECTIONS = {"train": section_train, "peft": section_peft, "zeroshot": section_zeroshot, "predict": section_predict,
-            "gpu": section_gpu, "serving": section_serving}
+            "gpu": section_gpu, "serving": section_serving, "compile": section_compile}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16", help="open_clip architecture, or a model-config JSON path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sections", default=None, help="comma-separated; default: all but gpu on a CPU")
+    parser.add_argument("--sections", default=None, help="comma-separated; default: all but gpu on a CPU, and compile")
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on a CPU, 128 on a GPU")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--shots", type=int, default=16)
@@ -455,7 +515,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.batch = args.batch or (128 if device.type == "cuda" else 8)
-    sections = args.sections.split(",") if args.sections else [s for s in SECTIONS if s != "gpu" or device.type == "cuda"]
+    # compile runs only when asked: it compiles three models (minutes on a CPU).
+    sections = args.sections.split(",") if args.sections else [
+        s for s in SECTIONS if (s != "gpu" or device.type == "cuda") and s != "compile"]
     name = args.model
     base = load_base_model(ModelSpec(name=name), device=device)
     print(f"# clipadapt benchmark: {name} (random weights), {device} "

@@ -17,7 +17,8 @@ from api.errors import ERROR_RESPONSES, APIError, field_error, not_found
 from api.schemas import JobCreate
 from core.adapt.recipe import parse_recipe
 from core.jobs.datasets import class_thumbnails
-from core.jobs.estimate import count_trainable, plan
+from core.adapt.methods.base import ScheduleError
+from core.jobs.estimate import count_trainable, plan, train_images
 from core.jobs.models import Job, JobMetric
 from core.jobs.repository import DatasetRepository
 
@@ -67,15 +68,13 @@ async def estimate_recipe(body: EstimateRequest, session: SessionDep, catalog: C
         recipe = parse_recipe(body.recipe)
     except ValidationError as e:
         raise APIError(422, "invalid_recipe", "invalid recipe", detail=e.errors(include_url=False, include_context=False)) from e
-    classes, train_images = body.num_classes, None
+    classes, n_train = body.num_classes, None
     if body.dataset_id:
         dataset = DatasetRepository(session).get(body.dataset_id, owner=owner)
         if dataset is None:
             raise not_found("dataset", body.dataset_id)
         classes = len(dataset.class_ids)
-        per_class = dataset.split_counts.get("train", {})
-        shots = getattr(recipe, "shots", None)
-        train_images = sum(min(n, shots) if shots else n for n in per_class.values())
+        n_train = train_images(dataset.split_counts, recipe.shots, recipe.val_per_class)
     if classes is None:
         raise APIError(422, "invalid_request", "give dataset_id or num_classes")
     if recipe.method == "auto":
@@ -83,12 +82,16 @@ async def estimate_recipe(body: EstimateRequest, session: SessionDep, catalog: C
         # likely choice is guesswork, so only the run length of its default epochs is given.
         stages = [StageEstimate(name="auto", epochs=recipe.resolved_epochs(), steps=0)]
     else:
+        try:
+            planned = plan(recipe, n_train)
+        except ScheduleError as e:  # what POST /jobs would refuse on this dataset
+            raise field_error("recipe", str(e), body.recipe) from e
         stages = [
             StageEstimate(
                 name=s.name, epochs=s.epochs,
-                steps=s.epochs * math.ceil((train_images or 0) / s.batch_size) if train_images else 0,
+                steps=s.epochs * math.ceil(n_train / s.batch_size) if n_train else 0,
             )
-            for s in plan(recipe)
+            for s in planned
         ]
     count, error = None, None
     if recipe.method != "auto":
@@ -101,11 +104,11 @@ async def estimate_recipe(body: EstimateRequest, session: SessionDep, catalog: C
         error = "auto picks its method when the job runs; the count follows then"
     epochs = sum(s.epochs for s in stages)
     seconds = None
-    if train_images:
+    if n_train:
         rate = _seconds_per_image(session, owner, body.base_model)
         if rate is not None:
-            seconds = round(rate * train_images * epochs, 1)
-    return Estimate(trainable_params=count, stages=stages, epochs=epochs, train_images=train_images,
+            seconds = round(rate * n_train * epochs, 1)
+    return Estimate(trainable_params=count, stages=stages, epochs=epochs, train_images=n_train,
                     seconds=seconds, error=error)
 
 

@@ -20,7 +20,9 @@ from api.schemas import (
     JobPublic,
     JobsPublic,
 )
+from core.adapt.methods.base import ScheduleError
 from core.jobs.dispatch import DispatchError
+from core.jobs.estimate import check_schedule
 from core.jobs.files import tar_to_zip
 from core.jobs.models import Job, JobState
 from core.jobs.repository import DatasetRepository, JobRepository
@@ -52,6 +54,10 @@ def create_job(
     dataset = DatasetRepository(session).get(body.dataset_id, owner=owner, for_update=True)
     if dataset is None:
         raise field_error("dataset_id", "no dataset with this id", body.dataset_id)
+    try:
+        check_schedule(body.recipe, dataset.split_counts)
+    except ScheduleError as e:  # it could only fail once it ran: refuse it now
+        raise field_error("recipe", str(e), body.recipe.model_dump(mode="json")) from e
     repo = JobRepository(session)
     job = repo.add(
         Job(

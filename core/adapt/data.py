@@ -163,10 +163,17 @@ class ImageSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """By position, or by (position, seed): the random transforms then draw from that seed alone,
+        not from the process's random state (which, in a DataLoader worker, depends on the worker)."""
+        index, seed = index if isinstance(index, tuple) else (index, None)
         sample = self.samples[index]
         img = self.cache.get(sample.path) if self.cache else open_image(sample.path)
-        return self.transform(img), sample.label
+        if seed is None:
+            return self.transform(img), sample.label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img), sample.label
 
 
 def build_transforms(

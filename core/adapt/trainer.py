@@ -8,10 +8,13 @@ the image tower is frozen. Progress and cancellation go through `TrainCallbacks`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import multiprocessing
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -151,13 +154,58 @@ class _Splits:
         self.test = ImageSamples(test, eval_tf, cache)
 
 
+def resolve_loader_workers(setting: int | str | None, device: torch.device) -> int:
+    """DataLoader worker processes for training steps that run the image tower: the setting, or for
+    None/'auto' a few on CUDA (the GPU would otherwise wait for decoding and augmentation) and none on
+    a CPU (there the workers take cores from the step itself)."""
+    if setting is None or setting == "auto":
+        return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+    return int(setting)
+
+
+@contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """Lets a daemonic process (a Celery prefork worker) start DataLoader workers. multiprocessing
+    refuses because a daemon's children are not joined at its exit; torch joins its workers itself
+    (and they exit when their parent dies), so the refusal does not apply to them."""
+    config = multiprocessing.current_process()._config  # noqa: SLF001 - the flag multiprocessing checks
+    daemon = config.get("daemon")
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        if daemon is None:
+            config.pop("daemon", None)
+        else:
+            config["daemon"] = daemon
+
+
+class _SeededBatches:
+    """Batch sampler of the training loader with workers: the epoch's batches (set before each epoch),
+    each index paired with a seed for its augmentation drawn from the run's generator. An image's
+    random crop then depends on the run's seed and its place in the run only, not on which worker made
+    it or what that worker made before: a run gives the same result for any worker count, and a resumed
+    run (new workers, the checkpoint's generator) the same as an uninterrupted one."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 @torch.no_grad()
-def encode_split(encode: Callable[[torch.Tensor], torch.Tensor], images: ImageSamples, device: torch.device, batch_size: int = 64):
-    """Image features (by `encode`, e.g. `AdaptedModel.encode_images`) and labels of a whole split."""
+def encode_split(encode: Callable[[torch.Tensor], torch.Tensor], images: ImageSamples, device: torch.device,
+                 batch_size: int = 64, loader: Iterable | None = None):
+    """Image features (by `encode`, e.g. `AdaptedModel.encode_images`) and labels of a whole split;
+    `loader` (over `images`, in order) replaces the plain in-process one."""
     features, labels = [], []
-    for batch, target in DataLoader(images, batch_size=batch_size):
+    for batch, target in loader if loader is not None else DataLoader(images, batch_size=batch_size):
         with autocast(device):
-            features.append(encode(batch.to(device)).float())
+            features.append(encode(batch.to(device, non_blocking=True)).float())
         labels.append(target)
     return torch.cat(features), torch.cat(labels)
 
@@ -169,11 +217,12 @@ def evaluate(
     device: torch.device,
     features: tuple[torch.Tensor, torch.Tensor] | None = None,
     class_embeddings: torch.Tensor | None = None,
+    loader: Iterable | None = None,
 ) -> dict[str, Any]:
     if len(images) == 0:
         return {}
     model.eval()  # dropout (LoRA's) is for training steps only
-    feats, labels = features if features is not None else encode_split(model.encode_images, images, device)
+    feats, labels = features if features is not None else encode_split(model.encode_images, images, device, loader=loader)
     if class_embeddings is None:
         class_embeddings = model.class_embeddings()
     predictions = model.logits(feats, class_embeddings).argmax(dim=-1)
@@ -210,6 +259,29 @@ def train_step(
     return value
 
 
+@contextlib.contextmanager
+def _worker_loaders(splits: _Splits, workers: int, device: torch.device, seed: int):
+    """(sampler, training loader, validation loader) with `workers` persistent worker processes each,
+    shut down on exit; (None, None, None) for none."""
+    if not workers:
+        yield None, None, None
+        return
+    sampler = _SeededBatches()
+    options = {"num_workers": workers, "persistent_workers": True, "pin_memory": device.type == "cuda",
+               # The loader seeds its workers from this, not from the global random state (LoRA's
+               # dropout masks), which would then depend on the epoch the workers started in.
+               "generator": torch.Generator().manual_seed(seed)}
+    loaders = [DataLoader(splits.train, batch_sampler=sampler, **options)]
+    if len(splits.val):
+        loaders.append(DataLoader(splits.val, batch_size=64, **options))
+    try:
+        yield sampler, loaders[0], loaders[1] if len(loaders) > 1 else None
+    finally:
+        for loader in loaders:  # persistent workers otherwise live until the loader is collected
+            if loader._iterator is not None:  # noqa: SLF001 - torch has no public shutdown
+                loader._iterator._shutdown_workers()  # noqa: SLF001
+
+
 def _fit(
     model: AdaptedModel,
     stage_index: int,
@@ -220,6 +292,7 @@ def _fit(
     generator: torch.Generator,
     run: _Run,
     resume: Checkpoint | None = None,
+    workers: int = 0,
 ) -> None:
     recipe = stage.recipe
     trainable = model.trainable_parameters()
@@ -251,58 +324,72 @@ def _fit(
     views = None
     if image_frozen and recipe.feature_views and start_epoch <= stage.epochs:
         views = [encode_split(model.encode_images, splits.train, device) for _ in range(min(recipe.feature_views, stage.epochs))]
+    # Images decoded and augmented in worker processes kept across epochs, where steps run the image
+    # tower on images (the feature-cache path above decodes each view once and needs none).
+    with _worker_loaders(splits, workers if views is None and not image_frozen else 0, device, recipe.seed) as (
+        sampler, train_loader, val_loader
+    ):
+        for epoch in range(start_epoch, stage.epochs + 1):
+            model.train()  # `evaluate` switched to eval mode after the previous epoch
+            batches = torch.randperm(size, generator=generator).split(batch_size)
+            if views is not None:
+                features_of_view, labels_of_view = views[(epoch - 1) % len(views)]
+                source = ((features_of_view[i], labels_of_view[i]) for i in batches)
+            elif sampler is not None:
+                seeds = torch.randint(0, 2**62, (size,), generator=generator).tolist()
+                sampler.batches = [[(i, seeds[i]) for i in b.tolist()] for b in batches]
+                with _children_allowed():  # starts the workers on the first epoch
+                    source = iter(train_loader)
+            else:
+                source = DataLoader(splits.train, batch_sampler=[b.tolist() for b in batches])
+            total_loss, seen = 0.0, 0
+            for inputs, labels in source:
+                if callbacks.should_stop():
+                    raise TrainingCancelled()
+                try:
+                    loss = train_step(model, optimizer, inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+                                      device, features_given=views is not None, fixed_classes=fixed_classes)
+                except TrainingDiverged as exc:
+                    raise TrainingDiverged(f"{exc} in stage '{stage.name}', epoch {epoch}; lower the learning rate") from None
+                scheduler.step()
+                total_loss += loss * len(labels)
+                seen += len(labels)
 
-    for epoch in range(start_epoch, stage.epochs + 1):
-        model.train()  # `evaluate` switched to eval mode after the previous epoch
-        batches = torch.randperm(size, generator=generator).split(batch_size)
-        if views is not None:
-            features_of_view, labels_of_view = views[(epoch - 1) % len(views)]
-            source = ((features_of_view[i], labels_of_view[i]) for i in batches)
-        else:
-            source = DataLoader(splits.train, batch_sampler=[b.tolist() for b in batches])
-        total_loss, seen = 0.0, 0
-        for inputs, labels in source:
-            if callbacks.should_stop():
-                raise TrainingCancelled()
-            try:
-                loss = train_step(model, optimizer, inputs.to(device), labels.to(device), device,
-                                  features_given=views is not None, fixed_classes=fixed_classes)
-            except TrainingDiverged as exc:
-                raise TrainingDiverged(f"{exc} in stage '{stage.name}', epoch {epoch}; lower the learning rate") from None
-            scheduler.step()
-            total_loss += loss * len(labels)
-            seen += len(labels)
+            if val_loader is not None:
+                with _children_allowed():
+                    val = evaluate(model, splits.val, device, features=val_features, class_embeddings=fixed_classes,
+                                   loader=val_loader)
+            else:
+                val = evaluate(model, splits.val, device, features=val_features, class_embeddings=fixed_classes)
+            # Without a validation split the last epoch is kept.
+            accuracy = val.get("accuracy", math.inf)
+            is_best = accuracy > best_accuracy or not val
+            if is_best:
+                best_accuracy = accuracy
+                best_state = {name: p.detach().clone() for name, p in trainable.items()}
+            report = EpochReport(stage_index, stage.name, epoch, stage.epochs, total_loss / max(seen, 1), val, is_best)
+            run.history.append({"stage": stage_index, "stage_name": stage.name, "epoch": epoch, "epochs": stage.epochs,
+                                "train_loss": report.train_loss, "val": val, "best": is_best})
+            callbacks.on_epoch_end(report)
 
-        val = evaluate(model, splits.val, device, features=val_features, class_embeddings=fixed_classes)
-        # Without a validation split the last epoch is kept.
-        accuracy = val.get("accuracy", math.inf)
-        is_best = accuracy > best_accuracy or not val
-        if is_best:
-            best_accuracy = accuracy
-            best_state = {name: p.detach().clone() for name, p in trainable.items()}
-        report = EpochReport(stage_index, stage.name, epoch, stage.epochs, total_loss / max(seen, 1), val, is_best)
-        run.history.append({"stage": stage_index, "stage_name": stage.name, "epoch": epoch, "epochs": stage.epochs,
-                            "train_loss": report.train_loss, "val": val, "best": is_best})
-        callbacks.on_epoch_end(report)
+            def make_checkpoint(epoch: int = epoch) -> Checkpoint:
+                params = dict(model.named_parameters())
+                return Checkpoint(
+                    recipe=run.recipe.model_dump(mode="json"),
+                    auto_decision=run.auto_decision,
+                    stage=stage_index,
+                    epoch=epoch,
+                    tensors={name: params[name].detach().cpu().clone() for name in run.trained},
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    best_accuracy=best_accuracy,
+                    best_tensors={name: t.detach().cpu().clone() for name, t in best_state.items()},
+                    history=copy.deepcopy(run.history),
+                    generator_state=generator.get_state(),
+                    torch_rng_state=torch.get_rng_state(),
+                )
 
-        def make_checkpoint(epoch: int = epoch) -> Checkpoint:
-            params = dict(model.named_parameters())
-            return Checkpoint(
-                recipe=run.recipe.model_dump(mode="json"),
-                auto_decision=run.auto_decision,
-                stage=stage_index,
-                epoch=epoch,
-                tensors={name: params[name].detach().cpu().clone() for name in run.trained},
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                best_accuracy=best_accuracy,
-                best_tensors={name: t.detach().cpu().clone() for name, t in best_state.items()},
-                history=copy.deepcopy(run.history),
-                generator_state=generator.get_state(),
-                torch_rng_state=torch.get_rng_state(),
-            )
-
-        callbacks.on_checkpoint(make_checkpoint)
+            callbacks.on_checkpoint(make_checkpoint)
 
     with torch.no_grad():
         for name, p in trainable.items():
@@ -324,14 +411,18 @@ def train(
     device: str | torch.device | None = None,
     resume: Checkpoint | None = None,
     score_test: bool = True,
+    loader_workers: int | str | None = None,
 ) -> TrainResult:
     """Run a recipe on a dataset; returns the adapted model with its metrics. The base is not modified.
 
     With `resume` (a checkpoint of an earlier run of the same recipe on the same data and base), training
     continues after the checkpoint's epoch. `score_test=False` leaves the test split alone (a search
-    over recipes scores it only for the one it selects, with `score_split`)."""
+    over recipes scores it only for the one it selects, with `score_split`). `loader_workers`: worker
+    processes for stages whose steps run the image tower (`resolve_loader_workers`; None: by device).
+    With workers, results depend on the seed only, not on their number, but differ from those without."""
     callbacks = callbacks or NoCallbacks()
     device = resolve_device(device)
+    workers = resolve_loader_workers(loader_workers, device)
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
 
@@ -366,7 +457,7 @@ def train(
             _restore(model, resume.tensors)
             stage_resume = resume
         callbacks.on_stage_start(index, stage.name, stage.epochs)
-        _fit(model, index, stage, splits, callbacks, device, generator, run, stage_resume)
+        _fit(model, index, stage, splits, callbacks, device, generator, run, stage_resume, workers)
 
     model.requires_grad_(False).eval()
     return TrainResult(

@@ -405,7 +405,8 @@ def _train_and_store(
         accuracies = [m.val["accuracy"] for m in kept if m.val and "accuracy" in m.val]
         callbacks.best_accuracy = max(accuracies) if accuracies else None
     try:
-        result = train(base, dataset, recipe, callbacks=callbacks, device=device, resume=resume, score_test=score_test)
+        result = train(base, dataset, recipe, callbacks=callbacks, device=device, resume=resume, score_test=score_test,
+                       loader_workers=settings.loader_workers)
     except TrainingCancelled:
         return None
 

@@ -51,10 +51,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from core.adapt.methods import METHODS
-from core.adapt.methods.base import LayerNormMode
+from core.adapt.methods.base import LayerNormMode, ScheduleError
 from core.adapt.recipe import parse_recipe
 from core.jobs.db import get_engine, transaction
-from core.jobs.models import Job, JobMetric, JobState, Sweep, SweepState, utcnow
+from core.jobs.estimate import check_schedule
+from core.jobs.models import Dataset, Job, JobMetric, JobState, Sweep, SweepState, utcnow
 from core.jobs.repository import JobRepository
 from core.settings import Settings
 
@@ -396,6 +397,12 @@ def create_sweep(
         if keep == 0:
             raise SweepError("budget.max_trials", f"each recipe runs {per_recipe} seeds; max_trials must be at least that", budget.max_trials)
         trials = trials[:keep]
+    dataset = session.get(Dataset, dataset_id)
+    for recipe in trials if dataset is not None else ():
+        try:  # as POST /jobs does: a trial that could only fail is refused with the sweep
+            check_schedule(parse_recipe(recipe), dataset.split_counts)
+        except ScheduleError as e:
+            raise SweepError("space", f"{recipe['method']}/{recipe['layernorm']} shots={recipe['shots']}: {e}", recipe) from e
     sweep = Sweep(
         owner=owner,
         name=name,

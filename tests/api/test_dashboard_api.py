@@ -56,6 +56,17 @@ def test_estimate_errors(client: TestClient, dataset: dict) -> None:
     assert auto["trainable_params"] is None and "auto" in auto["error"] and auto["epochs"] == 100
 
 
+def test_estimate_plans_lora_steps_on_the_dataset(client: TestClient, dataset: dict) -> None:
+    body = {"base_model": "clipadapt-tiny", "dataset_id": dataset["id"],
+            "recipe": {"method": "lora", "shots": 4, "iterations_per_shot": 100}}
+    est = client.post("/recipes/estimate", json=body).json()
+    # 3 classes x 4 shots = 12 images, one step an epoch: 100 x 4 steps are 400 epochs, as training runs.
+    assert [(s["name"], s["epochs"], s["steps"]) for s in est["stages"]] == [("lora", 400, 400)]
+    error = assert_error(client.post("/recipes/estimate", json={**body, "recipe": {"method": "lora", "shots": 4}}),
+                         422, "validation_error")
+    assert "2,000 epochs" in error["message"] and "iterations_per_shot (at most 250" in error["message"]
+
+
 def test_estimate_reports_a_model_that_cannot_be_built(make_settings, database_url: str, tmp_path) -> None:
     catalog = tmp_path / "catalog.json"
     catalog.write_text('{"models": [{"name": "broken", "model": "/nonexistent/config.json"}]}')

@@ -51,6 +51,20 @@ def test_invalid_job_requests_name_the_field(client: TestClient, dataset: dict, 
     assert client.get("/jobs").json()["count"] == 0
 
 
+def test_a_lora_schedule_over_the_epoch_limit_is_refused_with_the_fix(client: TestClient, dataset: dict) -> None:
+    # 3 classes x 4 shots = 12 images, one step an epoch: 500 x 4 steps would be 2,000 epochs.
+    payload = {"dataset_id": dataset["id"], "base_model": "clipadapt-tiny", "recipe": {"method": "lora", "shots": 4}}
+    error = assert_error(client.post("/jobs", json=payload), 422, "validation_error")
+    assert error["message"].startswith("body.recipe: lora: iterations_per_shot 500 x 4 shots = 2,000 steps")
+    assert "2,000 epochs, more than the limit of 1000" in error["message"]
+    assert error["message"].endswith("Set epochs (at most 1000) or iterations_per_shot (at most 250 on this data)")
+    assert error["detail"][0]["loc"] == ["body", "recipe"] and error["detail"][0]["input"]["shots"] == 4
+    assert client.get("/jobs").json()["count"] == 0 and client.app.state.dispatcher.submitted == []
+    # Either fix it names is accepted.
+    for fix in ({"iterations_per_shot": 250}, {"epochs": 3}):
+        assert _create(client, dataset, recipe=payload["recipe"] | fix)["state"] == "queued"
+
+
 def test_a_job_submitted_while_the_broker_is_down_is_dispatched_once_it_is_back(
     client: TestClient, dataset: dict, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -101,5 +101,10 @@ def test_cancel_and_bad_requests(client: TestClient, dataset: dict) -> None:
     error = assert_error(client.post("/sweeps", json=base | {"space": {"preset": "quick", "seeds": [0, 1]},
                                                              "budget": {"max_trials": 1}}), 422, "validation_error")
     assert "max_trials" in error["message"]
+    # A LoRA trial whose derived schedule is over the epoch limit on this dataset (as POST /jobs refuses it).
+    error = assert_error(client.post("/sweeps", json=base | {"space": {"methods": ["layernorm", "lora"], "shots": [4]}}),
+                         422, "validation_error")
+    assert "lora/none shots=4: lora: iterations_per_shot 500 x 4 shots" in error["message"]
+    assert client.get("/sweeps").json()["count"] == 1  # only the cancelled one above
     assert_error(client.post("/sweeps", json=base | {"base_model": "nope", "space": {"preset": "quick"}}), 422, "validation_error")
     assert_error(client.get("/sweeps/nope"), 404, "sweep_not_found")

@@ -18,6 +18,13 @@ LayerNormMode = Literal["none", "joint", "init"]
 
 # Appendix A.3: 100 epochs in the low-data regime (up to 16 shots), 50 in the high-data regime.
 LOW_DATA_MAX_SHOTS = 16
+# Most epochs a stage trains, given or derived (each epoch also runs a validation pass).
+MAX_EPOCHS = 1000
+
+
+class ScheduleError(ValueError):
+    """A recipe, valid on its own, whose schedule on a given dataset is out of range; the message says
+    which recipe fields fix it."""
 
 
 class RecipeBase(BaseModel):
@@ -36,10 +43,10 @@ class RecipeBase(BaseModel):
     )
     seed: int = Field(0, ge=0, description="Seed for k-shot sampling, initialization and data order.")
     epochs: int | None = Field(
-        None, ge=0, le=1000, description="Training epochs; null: 100 up to 16 shots, 50 above (appendix A.3)."
+        None, ge=0, le=MAX_EPOCHS, description="Training epochs; null: 100 up to 16 shots, 50 above (appendix A.3)."
     )
     init_epochs: int | None = Field(
-        None, ge=1, le=1000, description="Epochs of the LayerNorm stage when layernorm='init'; null: same as epochs."
+        None, ge=1, le=MAX_EPOCHS, description="Epochs of the LayerNorm stage when layernorm='init'; null: same as epochs."
     )
     lr: float | None = Field(None, gt=0, le=1.0, description="AdamW learning rate; null: the method's default.")
     weight_decay: float = Field(0.02, ge=0, le=1.0, description="AdamW weight decay.")
@@ -86,7 +93,8 @@ class RecipeBase(BaseModel):
 
     def resolved_epochs(self, train_size: int | None = None) -> int:
         """Epochs to train. `train_size` (training images, when known) is for methods whose schedule is
-        given in optimizer steps rather than epochs; the paper's is not."""
+        given in optimizer steps rather than epochs (they raise ScheduleError when that comes to more
+        than MAX_EPOCHS); the paper's is not."""
         if self.epochs is not None:
             return self.epochs
         return 100 if self.shots is None or self.shots <= LOW_DATA_MAX_SHOTS else 50

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from core.adapt.methods.base import Method, ParamCount, RecipeBase
+from core.adapt.methods.base import MAX_EPOCHS, Method, ParamCount, RecipeBase, ScheduleError
 from core.adapt.methods.common import TRAIN_TEMPLATES
 
 Target = Literal["q", "k", "v", "out"]
@@ -57,11 +57,26 @@ class LoraConfig(RecipeBase):
 
     def resolved_epochs(self, train_size: int | None = None) -> int:
         """CLIP-LoRA's schedule is 500 x shots optimizer steps; in epochs of ceil(train_size / batch_size)
-        steps, rounded up. Without shots (all training images) it is the paper's epoch rule."""
+        steps, rounded up. Without shots (all training images) it is the paper's epoch rule.
+
+        Few classes make few steps an epoch, so the derived count can pass MAX_EPOCHS (16 shots of 10
+        classes: 1,600). That is refused (ScheduleError) rather than cut short: capping would silently
+        train a schedule other than the one asked for, and every epoch adds a validation pass."""
         if self.epochs is not None or self.shots is None or not train_size:
             return super().resolved_epochs(train_size)
         steps_per_epoch = math.ceil(train_size / min(self.batch_size, train_size))
-        return math.ceil(self.iterations_per_shot * self.shots / steps_per_epoch)
+        steps = self.iterations_per_shot * self.shots
+        epochs = math.ceil(steps / steps_per_epoch)
+        if epochs > MAX_EPOCHS:
+            most = MAX_EPOCHS * steps_per_epoch // self.shots
+            fix = f"epochs (at most {MAX_EPOCHS})" + (f" or iterations_per_shot (at most {most} on this data)" if most else "")
+            raise ScheduleError(
+                f"lora: iterations_per_shot {self.iterations_per_shot} x {self.shots} shots = {steps:,} steps; "
+                f"{train_size} training images in batches of {min(self.batch_size, train_size)} make "
+                f"{steps_per_epoch} steps an epoch, so {epochs:,} epochs, more than the limit of {MAX_EPOCHS}. "
+                f"Set {fix}"
+            )
+        return epochs
 
 
 @functools.cache

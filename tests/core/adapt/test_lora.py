@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 from core.adapt import fast
 from core.adapt.adapted import build_adapted, merge_for_prediction, plan_stages
 from core.adapt.artifact import load_artifact, save_artifact
+from core.adapt.methods.base import MAX_EPOCHS, ScheduleError
 from core.adapt.methods.lora import LoraConfig
 from core.adapt.modules import encode_images, encode_text_embeddings, trim_tokens
 from core.adapt.recipe import parse_recipe
-from core.adapt.trainer import train
+from core.adapt.trainer import NoCallbacks, train
 
 
 def lora_model(base, classnames, **fields):
@@ -150,6 +151,40 @@ def test_clip_lora_defaults_and_schedule():
     assert [s.epochs for s in plan_stages(LoraConfig(shots=4, layernorm="init"), train_size=40)] == [1000, 1000]
     assert LoraConfig(shots=4, epochs=3).resolved_epochs(train_size=40) == 3
     assert LoraConfig().resolved_epochs(train_size=40) == 100  # all images: the paper's epoch rule
+
+
+def test_a_derived_schedule_over_the_epoch_limit_is_refused_naming_the_fix():
+    # 16 shots of 10 classes: 160 images, 5 steps an epoch; 8,000 steps would be 1,600 epochs.
+    with pytest.raises(ScheduleError) as refused:
+        LoraConfig(shots=16).resolved_epochs(train_size=160)
+    message = str(refused.value)
+    assert "1,600 epochs" in message and f"limit of {MAX_EPOCHS}" in message
+    assert "Set epochs (at most 1000) or iterations_per_shot (at most 312 on this data)" in message
+    # The fix it names is within the limit, and one more iteration per shot is not.
+    assert LoraConfig(shots=16, iterations_per_shot=312).resolved_epochs(train_size=160) == 999
+    with pytest.raises(ScheduleError):
+        LoraConfig(shots=16, iterations_per_shot=313).resolved_epochs(train_size=160)
+    assert LoraConfig(shots=16, epochs=MAX_EPOCHS).resolved_epochs(train_size=160) == MAX_EPOCHS
+    # LayerNorm init's first stage takes the main stage's epochs: it used to fail deep in plan_stages
+    # with a pydantic error on the LayerNorm recipe; now the same refusal comes first.
+    with pytest.raises(ScheduleError):
+        plan_stages(LoraConfig(shots=16, layernorm="init"), train_size=160)
+    # More shots than the schedule allows at all: only epochs can fix it.
+    with pytest.raises(ScheduleError, match=r"Set epochs \(at most 1000\)$"):
+        LoraConfig(shots=5000).resolved_epochs(train_size=20)
+
+
+def test_training_refuses_the_schedule_before_any_stage_starts(tiny_base, digits):
+    stages = []
+
+    class Record(NoCallbacks):
+        def on_stage_start(self, stage, name, epochs):
+            stages.append(name)
+
+    # digits: 10 classes; 16 shots make 160 training images as above.
+    with pytest.raises(ScheduleError, match="1,600 epochs"):
+        train(tiny_base, digits, parse_recipe({"method": "lora", "shots": 16}), callbacks=Record())
+    assert stages == []
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,30 @@ def test_resumed_run_matches_the_uninterrupted_run(tiny_base, digits, tmp_path, 
     assert resumed.test_metrics == uninterrupted.test_metrics
 
 
+LORA = {"method": "lora", "shots": 4, "epochs": 3, "init_epochs": 2, "lr": 5e-3, "batch_size": 16, "dropout": 0.25}
+
+
+@pytest.mark.parametrize(("layernorm", "interrupted_after"), [("none", 2), ("init", 1), ("init", 2), ("init", 4)])
+def test_resumed_lora_run_matches_the_uninterrupted_run(tiny_base, digits, tmp_path, layernorm, interrupted_after):
+    # LoRA draws a dropout mask per block forward and initializes A randomly when its stage is built
+    # (after the LayerNorm stage with 'init'): both must come out the same after a resume.
+    recipe = {**LORA, "layernorm": layernorm}
+    uninterrupted = train(tiny_base, digits, parse_recipe(recipe))
+    with pytest.raises(TrainingCancelled):
+        train(tiny_base, digits, parse_recipe(recipe), callbacks=KeepCheckpoints(tmp_path, interrupted_after))
+    checkpoint = Checkpoint.load(tmp_path / f"checkpoint-{interrupted_after - 1}.pt")
+    torch.manual_seed(1234)  # another process
+    resumed = train(tiny_base, digits, parse_recipe(recipe), resume=checkpoint)
+
+    assert resumed.history == uninterrupted.history  # train losses and validation metrics, epoch by epoch
+    assert resumed.trained_names == uninterrupted.trained_names
+    assert any("lora_a" in n for n in resumed.trained_names) and any("lora_b" in n for n in resumed.trained_names)
+    expected, got = dict(uninterrupted.adapted.named_parameters()), dict(resumed.adapted.named_parameters())
+    for name in uninterrupted.trained_names:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert resumed.val_metrics == uninterrupted.val_metrics and resumed.test_metrics == uninterrupted.test_metrics
+
+
 def test_resume_keeps_the_auto_decision(tiny_base, digits, tmp_path):
     callbacks = KeepCheckpoints(tmp_path, stop_after=1)
     with pytest.raises(TrainingCancelled):
