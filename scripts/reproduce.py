@@ -113,7 +113,7 @@ def run_grid(args: argparse.Namespace) -> None:
             best = max((h for h in result.history if h["best"]), key=lambda h: (h["stage"], h["epoch"]), default=None)
             record({
                 "task": task, "label": label(recipe), "method": recipe["method"], "layernorm": recipe["layernorm"],
-                "shots": shots, "seed": seed,
+                "shots": shots, "seed": seed, "model": args.model, "epochs": epochs,
                 "test_accuracy": result.test_metrics["accuracy"], "val_accuracy": result.val_metrics.get("accuracy"),
                 "trainable_params": result.trainable_params, "seconds": time.monotonic() - started,
                 "best_epoch": best and {"stage": best["stage"], "epoch": best["epoch"]},
@@ -149,8 +149,10 @@ def summarize(out: Path) -> str:
     shots = sorted({r["shots"] for r in runs if r["shots"]})
     labels = list(dict.fromkeys(r["label"] for r in runs if r["label"] not in ("zero_shot", "auto")))
     seeds = sorted({r["seed"] for r in runs if r["shots"]})
+    # Rows written before the model was recorded come from the starter.
+    models = ", ".join(sorted({Path(r.get("model", "clipadapt-starter")).name for r in runs if r["shots"]}))
     lines = [
-        "# The paper in miniature: results on clipadapt-starter",
+        f"# The paper in miniature: results on {models}",
         "",
         "Written by `scripts/reproduce.py` (do not edit by hand). Test accuracy in %, mean ± std over "
         f"seeds {', '.join(map(str, seeds))} (k-shot samples and initialization; † marks a cell with fewer, "
