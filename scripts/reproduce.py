@@ -11,7 +11,7 @@ Runs are appended to `OUT/runs.jsonl` as they finish, so an interrupted grid res
 (runs already there are skipped); the summary (`OUT/README.md`, tables of mean +- std over seeds, and
 PNG plots) is rewritten at the end, or alone with `--summarize`.
 
-    .venv/bin/python scripts/reproduce.py                      # the full grid (about 2 hours on 2 cores)
+    .venv/bin/python scripts/reproduce.py                      # the full grid (about 4.5 hours on 2 cores; --tasks splits it)
     .venv/bin/python scripts/reproduce.py --shots 4 --seeds 0  # a slice
 """
 
