@@ -63,7 +63,7 @@ def run_grid(args: argparse.Namespace) -> None:
     from core.adapt.data import load_dataset
     from core.adapt.models import ModelSpec, load_base_model
     from core.adapt.predictor import zero_shot_model
-    from core.adapt.methods.base import LOW_DATA_MAX_SHOTS
+    from core.adapt.methods.base import paper_epochs
     from core.adapt.recipe import parse_recipe
     from core.adapt.data import ImageSamples, build_transforms
     from core.adapt.runtime import resolve_device
@@ -106,7 +106,7 @@ def run_grid(args: argparse.Namespace) -> None:
         for task, recipe, shots, seed in tqdm(todo, desc="grid", unit="run", file=sys.stderr):
             # Every method gets the paper's schedule, LoRA included (its own default is CLIP-LoRA's
             # 500 x shots steps, up to 16x more here), so that rows compare at equal steps.
-            epochs = args.epochs if args.epochs is not None else (100 if shots <= LOW_DATA_MAX_SHOTS else 50)
+            epochs = args.epochs if args.epochs is not None else paper_epochs(shots)
             fields = {**recipe, "shots": shots, "seed": seed, "epochs": epochs}
             started = time.monotonic()
             result = train(base, datasets[task], parse_recipe(fields), device=device)

@@ -355,12 +355,9 @@ def _fit(
                 total_loss += loss * len(labels)
                 seen += len(labels)
 
-            if val_loader is not None:
-                with _children_allowed():
-                    val = evaluate(model, splits.val, device, features=val_features, class_embeddings=fixed_classes,
-                                   loader=val_loader)
-            else:
-                val = evaluate(model, splits.val, device, features=val_features, class_embeddings=fixed_classes)
+            with _children_allowed():  # the validation loader's workers, if any, start on the first epoch
+                val = evaluate(model, splits.val, device, features=val_features, class_embeddings=fixed_classes,
+                               loader=val_loader)
             # Without a validation split the last epoch is kept.
             accuracy = val.get("accuracy", math.inf)
             is_best = accuracy > best_accuracy or not val

@@ -108,7 +108,7 @@ def score(base: Any, samples: list[tuple[Image.Image, int]], pairs: list[tuple[s
     return result
 
 
-def zero_shot_report(base: Any, seed: int, per_pair: int = 48, matplotlib_per_pair: int = 16) -> dict[str, Any]:
+def zero_shot_report(base: Any, seed: int, per_pair: int, matplotlib_per_pair: int = 16) -> dict[str, Any]:
     pairs = all_pairs()
     return {
         "classes": len(pairs),

@@ -18,6 +18,13 @@ LayerNormMode = Literal["none", "joint", "init"]
 
 # Appendix A.3: 100 epochs in the low-data regime (up to 16 shots), 50 in the high-data regime.
 LOW_DATA_MAX_SHOTS = 16
+
+
+def paper_epochs(shots: int | None) -> int:
+    """Appendix A.3's epoch rule: 100 in the low-data regime (up to 16 shots), 50 above."""
+    return 100 if shots is None or shots <= LOW_DATA_MAX_SHOTS else 50
+
+
 # Most epochs a stage trains, given or derived (each epoch also runs a validation pass).
 MAX_EPOCHS = 1000
 
@@ -97,7 +104,7 @@ class RecipeBase(BaseModel):
         than MAX_EPOCHS); the paper's is not."""
         if self.epochs is not None:
             return self.epochs
-        return 100 if self.shots is None or self.shots <= LOW_DATA_MAX_SHOTS else 50
+        return paper_epochs(self.shots)
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else self.default_lr
