@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import math
 import multiprocessing
 import os
@@ -51,6 +53,7 @@ class EpochReport:
     train_loss: float
     val: dict[str, Any]
     best: bool
+    final_stage: bool = True  # the run's last stage: the one whose best epoch the result keeps
 
 
 @dataclass
@@ -78,6 +81,59 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
         return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
+@dataclass
+class StageOutcome:
+    """What a finished stage that is not the run's last leaves to the stages after it: its trained
+    tensors (best epoch), its history and the random state, with the random state it started from (a
+    reuse checks that it starts from the same)."""
+
+    tensors: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    start_generator_state: torch.Tensor
+    start_torch_rng_state: torch.Tensor
+    generator_state: torch.Tensor
+    torch_rng_state: torch.Tensor
+
+    def save(self, path: str | Path) -> None:
+        torch.save(vars(self), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> StageOutcome:
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
+class StageCache(Protocol):
+    """Outcomes of earlier stages by key, for runs of one dataset and base model: a LayerNorm-init
+    stage is the same for every method it initializes (section 6's recipes, a sweep's trials), so
+    it needs training once. `get` returns None for a key it does not hold (or cannot read)."""
+
+    def get(self, key: str) -> StageOutcome | None: ...
+    def put(self, key: str, outcome: StageOutcome) -> None: ...
+
+
+class MemoryStageCache:
+    """A StageCache in this process (a local sweep's trials, one after another)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, StageOutcome] = {}
+
+    def get(self, key: str) -> StageOutcome | None:
+        return self.outcomes.get(key)
+
+    def put(self, key: str, outcome: StageOutcome) -> None:
+        self.outcomes[key] = outcome
+
+
+def stage_key(stage: Stage, device: torch.device, workers: int) -> str:
+    """Everything a stage's outcome depends on besides the dataset and base model (the cache's
+    scope) and the random state it starts from (checked on reuse): the stage's own recipe (which
+    holds the split's shots, seed and validation size), the device type and whether images come
+    from worker processes."""
+    identity = {"stage": stage.name, "recipe": stage.recipe.model_dump(mode="json"), "epochs": stage.epochs,
+                "device": device.type, "workers": workers > 0}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
 class TrainCallbacks(Protocol):
@@ -225,8 +281,10 @@ def evaluate(
     feats, labels = features if features is not None else encode_split(model.encode_images, images, device, loader=loader)
     if class_embeddings is None:
         class_embeddings = model.class_embeddings()
-    predictions = model.logits(feats, class_embeddings).argmax(dim=-1)
-    return classification_metrics(labels.tolist(), predictions.cpu().tolist(), model.classnames)
+    logits = model.logits(feats, class_embeddings).float()
+    metrics = classification_metrics(labels.tolist(), logits.argmax(dim=-1).cpu().tolist(), model.classnames)
+    # Cross-entropy of the same split: finer-grained than accuracy on a few images (sweeps break ties with it).
+    return {**metrics, "loss": F.cross_entropy(logits, labels.to(logits.device)).item()}
 
 
 def train_step(
@@ -293,6 +351,7 @@ def _fit(
     run: _Run,
     resume: Checkpoint | None = None,
     workers: int = 0,
+    final: bool = True,
 ) -> None:
     recipe = stage.recipe
     trainable = model.trainable_parameters()
@@ -364,7 +423,7 @@ def _fit(
             if is_best:
                 best_accuracy = accuracy
                 best_state = {name: p.detach().clone() for name, p in trainable.items()}
-            report = EpochReport(stage_index, stage.name, epoch, stage.epochs, total_loss / max(seen, 1), val, is_best)
+            report = EpochReport(stage_index, stage.name, epoch, stage.epochs, total_loss / max(seen, 1), val, is_best, final)
             run.history.append({"stage": stage_index, "stage_name": stage.name, "epoch": epoch, "epochs": stage.epochs,
                                 "train_loss": report.train_loss, "val": val, "best": is_best})
             callbacks.on_epoch_end(report)
@@ -393,6 +452,25 @@ def _fit(
             p.copy_(best_state[name])
 
 
+def _reuse_stage(cache: StageCache, key: str, model: AdaptedModel, run: _Run, generator: torch.Generator,
+                 start: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Continue as if the stage had just been trained, from a cached outcome that started from the
+    same random state and trained the same tensors; False (train it) otherwise."""
+    outcome = cache.get(key)
+    if (
+        outcome is None
+        or not torch.equal(outcome.start_generator_state, start[0])
+        or not torch.equal(outcome.start_torch_rng_state, start[1])
+        or set(outcome.tensors) != set(model.trainable_parameters())
+    ):
+        return False
+    _restore(model, outcome.tensors)
+    run.history.extend(outcome.history)
+    generator.set_state(outcome.generator_state)
+    torch.set_rng_state(outcome.torch_rng_state)
+    return True
+
+
 def _restore(model: AdaptedModel, tensors: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -409,6 +487,7 @@ def train(
     resume: Checkpoint | None = None,
     score_test: bool = True,
     loader_workers: int | str | None = None,
+    stage_cache: StageCache | None = None,
 ) -> TrainResult:
     """Run a recipe on a dataset; returns the adapted model with its metrics. The base is not modified.
 
@@ -416,7 +495,9 @@ def train(
     continues after the checkpoint's epoch. `score_test=False` leaves the test split alone (a search
     over recipes scores it only for the one it selects, with `score_split`). `loader_workers`: worker
     processes for stages whose steps run the image tower (`resolve_loader_workers`; None: by device).
-    With workers, results depend on the seed only, not on their number, but differ from those without."""
+    With workers, results depend on the seed only, not on their number, but differ from those without.
+    `stage_cache` (one per dataset and base model) lends and keeps the outcomes of stages before the
+    last, so runs that share a LayerNorm-init stage train it once; results are the same either way."""
     callbacks = callbacks or NoCallbacks()
     device = resolve_device(device)
     workers = resolve_loader_workers(loader_workers, device)
@@ -453,8 +534,23 @@ def train(
         if resume is not None and index == resume.stage:
             _restore(model, resume.tensors)
             stage_resume = resume
+        final = index == len(stages) - 1
+        key = stage_key(stage, device, workers) if stage_cache is not None and not final and stage_resume is None else None
+        start = (generator.get_state(), torch.get_rng_state())
+        if key is not None and _reuse_stage(stage_cache, key, model, run, generator, start):
+            callbacks.on_message(f"stage {index} ({stage.name}) reused from an identical earlier run: {stage.epochs} epochs not trained again")
+            continue
         callbacks.on_stage_start(index, stage.name, stage.epochs)
-        _fit(model, index, stage, splits, callbacks, device, generator, run, stage_resume, workers)
+        history_before = len(run.history)
+        _fit(model, index, stage, splits, callbacks, device, generator, run, stage_resume, workers, final)
+        if key is not None:
+            trained = model.trainable_parameters()
+            stage_cache.put(key, StageOutcome(
+                tensors={name: p.detach().cpu().clone() for name, p in trained.items()},
+                history=copy.deepcopy(run.history[history_before:]),
+                start_generator_state=start[0], start_torch_rng_state=start[1],
+                generator_state=generator.get_state(), torch_rng_state=torch.get_rng_state(),
+            ))
 
     model.requires_grad_(False).eval()
     return TrainResult(

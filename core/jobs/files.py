@@ -29,6 +29,11 @@ def checkpoint_key(job_id: str) -> str:
     return f"checkpoints/{job_id}.pt"
 
 
+def stage_cache_key(sweep_id: str, stage_key: str) -> str:
+    """A stage outcome that trials of one sweep share (core.adapt.trainer.StageOutcome)."""
+    return f"sweeps/{sweep_id}/stages/{stage_key}.pt"
+
+
 def archive_limits(settings: Settings) -> Any:
     """The settings' limits on dataset archives, as core.adapt.data.ArchiveLimits."""
     from core.adapt.data import ArchiveLimits

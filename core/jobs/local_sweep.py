@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from core.jobs.models import Job, JobState
-from core.jobs.runner import _jsonable
+from core.jobs.runner import EarlyStopTracker, _jsonable
 from core.jobs.sweeps import (
     PrunerSettings,
     SweepBudget,
     SweepSpace,
     enqueue_grid,
+    judged_epochs,
     leaderboard,
     select_best,
     stop_rule,
@@ -50,12 +51,12 @@ class LocalSweep:
 
 
 class _TrialCallbacks:
-    """TrainCallbacks of one trial: counts epochs, keeps the best validation accuracy so far and
-    stops when the early-stop rule says so (what core.jobs.runner.JobCallbacks does for jobs)."""
+    """TrainCallbacks of one trial: counts epochs, keeps the best validation metrics and stops when
+    the early-stop rule says so (what core.jobs.runner.JobCallbacks does for jobs)."""
 
     def __init__(self, rule: Callable[[float, int], str | None] | None, on_epoch: Callable[[], None]) -> None:
-        self.rule, self.on_epoch = rule, on_epoch
-        self.epochs_done, self.best_accuracy, self.stop_reason = 0, None, None
+        self.early_stop, self.on_epoch = EarlyStopTracker(rule), on_epoch
+        self.epochs_done = 0  # epochs trained (a reused stage's are not)
         self.best_val: dict[str, Any] | None = None
 
     def on_stage_start(self, stage: int, name: str, epochs: int) -> None:
@@ -63,20 +64,16 @@ class _TrialCallbacks:
 
     def on_epoch_end(self, report: Any) -> None:
         self.epochs_done += 1
-        accuracy = report.val.get("accuracy") if report.val else None
         if report.best:
             self.best_val = report.val
-        if accuracy is not None:
-            self.best_accuracy = max(float(accuracy), self.best_accuracy if self.best_accuracy is not None else float("-inf"))
-            if self.rule is not None and self.stop_reason is None:
-                self.stop_reason = self.rule(self.best_accuracy, self.epochs_done)
+        self.early_stop.epoch_end(report)
         self.on_epoch()
 
     def on_message(self, message: str) -> None:
         pass
 
     def should_stop(self) -> bool:
-        return self.stop_reason is not None
+        return self.early_stop.stop_reason is not None
 
     def on_checkpoint(self, make: Any) -> None:
         pass
@@ -98,7 +95,7 @@ def run_local_sweep(
 
     from core.adapt.artifact import load_artifact, save_artifact
     from core.adapt.recipe import parse_recipe
-    from core.adapt.trainer import TrainingCancelled, TrainingDiverged, score_split, train
+    from core.adapt.trainer import MemoryStageCache, TrainingCancelled, TrainingDiverged, score_split, train
     from core.jobs.sweeps import _pruner
 
     budget, pruner = budget or SweepBudget(), pruner or PrunerSettings()
@@ -110,12 +107,12 @@ def run_local_sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name="local", direction="maximize",
-                                pruner=_pruner(pruner.model_dump(), max(trial_epochs(r) for r in recipes)))
+                                pruner=_pruner(pruner.model_dump(), max(judged_epochs(r) for r in recipes)))
     numbers = enqueue_grid(study, recipes)
     study_id = storage.get_study_id_from_name("local")
     sweep.trials = [Job(id=f"trial-{n}", recipe=r, state=JobState.queued, sweep_trial=n) for n, r in zip(numbers, recipes)]
     notify = (lambda: on_update(sweep)) if on_update else (lambda: None)
-    spent = 0.0
+    spent, stages = 0.0, MemoryStageCache()
     for job in sweep.trials:
         if budget.max_device_minutes is not None and spent / 60 >= budget.max_device_minutes:
             job.state = JobState.cancelled
@@ -129,7 +126,8 @@ def run_local_sweep(
         callbacks.on_epoch = lambda job=job, started=started, callbacks=callbacks: _progress(sweep, job, started, callbacks, notify)
         notify()
         try:
-            result = train(base, dataset, parse_recipe(job.recipe), callbacks=callbacks, device=device, score_test=False)
+            result = train(base, dataset, parse_recipe(job.recipe), callbacks=callbacks, device=device, score_test=False,
+                           stage_cache=stages)
         except TrainingCancelled:
             job.state, job.val_metrics = JobState.pruned, _jsonable(callbacks.best_val)
             study.tell(job.sweep_trial, state=TrialState.PRUNED)

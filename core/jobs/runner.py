@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -28,7 +29,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from core.jobs.db import retry_transaction, transaction
-from core.jobs.files import archive_limits, artifact_key, checkpoint_key, local_dataset, pack_artifact
+from core.jobs.files import archive_limits, artifact_key, checkpoint_key, local_dataset, pack_artifact, stage_cache_key
 from core.jobs.models import Job, JobMetric, JobState
 from core.jobs.repository import JobRepository
 from core.jobs.storage import Storage, StorageError, get_storage
@@ -99,10 +100,43 @@ class LeaseKeeper:
             self.cancel_requested.set()
 
 
-# Asked after every epoch with (best validation accuracy so far, epochs trained so far): a reason
-# to stop the job early (it then ends ``pruned``: stopped on purpose, its metrics kept), or None.
-# Sweeps give their trials one (successive halving, core.jobs.sweeps); other jobs have none.
+# Asked after every epoch of a run's last stage with (best validation score of that stage so far:
+# `ranking_score`, its epochs so far): a reason to stop the job early (it then ends ``pruned``: stopped on purpose,
+# its metrics kept), or None. Sweeps give their trials one (successive halving, core.jobs.sweeps);
+# other jobs have none.
 EarlyStopRule = Callable[[float, int], "str | None"]
+
+
+def ranking_score(val: dict[str, Any]) -> float:
+    """Validation accuracy, ties broken by validation loss: on a few dozen images many trials tie on
+    accuracy, and a pruner promotes every trial tied at the top of a rung. The loss moves the score by
+    less than half of one image's worth of accuracy, so it never reorders different accuracies."""
+    accuracy = float(val["accuracy"])
+    loss, count = val.get("loss"), val.get("count")
+    if loss is None or not count or not math.isfinite(loss):
+        return accuracy
+    return accuracy - (loss / (1 + loss)) / (2 * count)
+
+
+class EarlyStopTracker:
+    """Feeds an EarlyStopRule. Only the last stage is judged, on its own epochs: it is the stage whose
+    best epoch the job keeps, and an earlier LayerNorm-init stage only prepares it (a recipe that
+    learns late after it would otherwise be cut while still initializing, and trials whose init
+    stage was reused would be judged on epochs they never trained)."""
+
+    def __init__(self, rule: EarlyStopRule | None) -> None:
+        self.rule = rule
+        self.best: dict[int, float] = {}  # best validation accuracy per stage
+        self.stop_reason: str | None = None
+
+    def record(self, stage: int, val: dict[str, Any] | None) -> None:
+        if val and "accuracy" in val:
+            self.best[stage] = max(ranking_score(val), self.best.get(stage, float("-inf")))
+
+    def epoch_end(self, report: Any) -> None:
+        self.record(report.stage, report.val)
+        if self.rule is not None and self.stop_reason is None and report.final_stage and report.stage in self.best:
+            self.stop_reason = self.rule(self.best[report.stage], report.epoch)
 
 
 class JobCallbacks:
@@ -131,10 +165,7 @@ class JobCallbacks:
         # A database restart shorter than this does not stop training: writes wait for it.
         self.db_retry_s = db_retry_s
         self.train_images: int | None = None  # per epoch, once the run knows its training split
-        self.early_stop = early_stop
-        self.epochs_done = 0  # epochs trained over all stages (set past the checkpoint on resume)
-        self.best_accuracy: float | None = None
-        self.stop_reason: str | None = None  # set when `early_stop` asked to stop
+        self.early_stop = EarlyStopTracker(early_stop)  # its stop_reason is set when the rule asks to stop
         self._last_checkpoint = time.monotonic()
         self._epoch_started = time.monotonic()
 
@@ -190,14 +221,7 @@ class JobCallbacks:
                 job.val_metrics = _jsonable(report.val)
 
         self._write(work, f"metrics of epoch {report.epoch}")
-        self.epochs_done += 1
-        accuracy = report.val.get("accuracy") if report.val else None
-        if accuracy is not None:
-            self.best_accuracy = max(float(accuracy), self.best_accuracy or float("-inf"))
-        if self.early_stop is not None and self.best_accuracy is not None and self.stop_reason is None:
-            # The rule sees the best validation accuracy so far (the epoch the job would keep) and
-            # the epochs trained so far over every stage: its resource.
-            self.stop_reason = self.early_stop(self.best_accuracy, self.epochs_done)
+        self.early_stop.epoch_end(report)
 
     def on_message(self, message: str) -> None:
         self._write(lambda session: JobRepository(session).add_event(self.job_id, message), "event")
@@ -225,7 +249,7 @@ class JobCallbacks:
 
     def should_stop(self) -> bool:
         # Only flags: the lease thread talks to the database.
-        return self.interrupt.is_set() or self.cancel_requested or self.lease_lost or self.stop_reason is not None
+        return self.interrupt.is_set() or self.cancel_requested or self.lease_lost or self.early_stop.stop_reason is not None
 
 
 def _jsonable(value: Any) -> Any:
@@ -318,7 +342,8 @@ def _run_job(job_id: str, settings: Settings | None, interrupt: threading.Event 
         try:
             # A sweep scores the test split of the trial it selects only (no test-set peeking).
             outcome = _train_and_store(
-                settings, job_id, spec, recipe, dataset_id, archive, callbacks, worker, score_test=sweep_id is None
+                settings, job_id, spec, recipe, dataset_id, archive, callbacks, worker, score_test=sweep_id is None,
+                stage_cache=StorageStageCache(storage, sweep_id, scratch) if sweep_id is not None else None,
             )
         except JobFailure as failure:
             return _finish_failed(db_url, storage, job_id, worker, failure, within=settings.job_lease_s)
@@ -340,8 +365,8 @@ def _run_job(job_id: str, settings: Settings | None, interrupt: threading.Event 
             return None
         if job.cancel_requested_at is not None:
             repo.set_state(job, JobState.cancelled, "job cancelled")
-        elif callbacks.stop_reason is not None:
-            repo.set_state(job, JobState.pruned, f"job stopped early: {callbacks.stop_reason}")
+        elif callbacks.early_stop.stop_reason is not None:
+            repo.set_state(job, JobState.pruned, f"job stopped early: {callbacks.early_stop.stop_reason}")
         else:
             repo.requeue(job, "interrupted by worker shutdown; re-queued")
         state = job.state
@@ -361,6 +386,7 @@ def _train_and_store(
     worker: str,
     *,
     score_test: bool = True,
+    stage_cache: Any = None,
 ) -> JobState | None:
     from pydantic import ValidationError
 
@@ -400,13 +426,11 @@ def _train_and_store(
         # Epochs after the checkpoint (all of them without one) are trained again: forget their metrics.
         repo = JobRepository(session)
         repo.drop_metrics_after(job_id, *((resume.stage, resume.epoch) if resume else (0, 0)))
-        kept = repo.metrics(job_id)
-        callbacks.epochs_done = len(kept)
-        accuracies = [m.val["accuracy"] for m in kept if m.val and "accuracy" in m.val]
-        callbacks.best_accuracy = max(accuracies) if accuracies else None
+        for metric in repo.metrics(job_id):
+            callbacks.early_stop.record(metric.stage, metric.val)
     try:
         result = train(base, dataset, recipe, callbacks=callbacks, device=device, resume=resume, score_test=score_test,
-                       loader_workers=settings.loader_workers)
+                       loader_workers=settings.loader_workers, stage_cache=stage_cache)
     except TrainingCancelled:
         return None
 
@@ -456,6 +480,38 @@ def _store_artifact(storage: Storage, key: str, packed: Path, callbacks: JobCall
             callbacks.on_message(f"storing the artifact failed, retrying in {delay:.0f}s: {e}")
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+
+class StorageStageCache:
+    """The StageCache (core.adapt.trainer) of one sweep's trials, in object storage: one dataset and
+    base model per sweep, so trials on any worker share their LayerNorm-init stages. A stage that
+    cannot be read or written is trained (again) rather than failing the trial."""
+
+    def __init__(self, storage: Storage, sweep_id: str, scratch: Path | None) -> None:
+        self.storage, self.sweep_id, self.scratch = storage, sweep_id, scratch
+
+    def get(self, key: str) -> Any:
+        from core.adapt.trainer import StageOutcome
+
+        stored = stage_cache_key(self.sweep_id, key)
+        try:
+            if not self.storage.exists(stored):
+                return None
+            with tempfile.TemporaryDirectory(prefix="clipadapt-stage-", dir=self.scratch) as tmp:
+                self.storage.get_file(stored, Path(tmp) / "stage.pt")
+                return StageOutcome.load(Path(tmp) / "stage.pt")
+        except Exception as e:  # noqa: BLE001 - storage errors, truncated or foreign files
+            log.warning("sweep %s: ignoring unreadable stage %s: %s", self.sweep_id, stored, e)
+            return None
+
+    def put(self, key: str, outcome: Any) -> None:
+        stored = stage_cache_key(self.sweep_id, key)
+        try:
+            with tempfile.TemporaryDirectory(prefix="clipadapt-stage-", dir=self.scratch) as tmp:
+                outcome.save(Path(tmp) / "stage.pt")
+                self.storage.put_file(stored, Path(tmp) / "stage.pt")
+        except (StorageError, OSError) as e:
+            log.warning("sweep %s: stage %s not kept: %s", self.sweep_id, stored, e)
 
 
 def _load_checkpoint(storage: Storage, job_id: str, scratch: Path | None) -> Any:

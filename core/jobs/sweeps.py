@@ -13,13 +13,21 @@ it, N workers run N trials at once, and it shows in ``/jobs``. The search and th
   point is ``enqueue_trial``-ed and ``ask``-ed once with fixed distributions when the sweep is
   created: the Optuna trial number is stored on the job. A ``GridSampler`` would only re-derive
   the same points, in a random order.
-- Pruning: ``SuccessiveHalvingPruner`` (asynchronous successive halving). After every epoch the
-  trial's job reports its best validation accuracy so far, at step = epochs trained over all
-  stages, through ``optuna.trial.Trial(study, trial_id)`` and asks ``should_prune()``; a pruned
-  job stops and ends ``pruned`` (``core.jobs.runner``'s generic early-stop rule).
+- Pruning: ``SuccessiveHalvingPruner`` (asynchronous successive halving). After every epoch of its
+  last stage the trial's job reports that stage's best validation accuracy so far (ties broken by
+  validation loss, ``core.jobs.runner.ranking_score``), at step = the stage's epochs, through ``optuna.trial.Trial(study, trial_id)`` and asks ``should_prune()``; a
+  pruned job stops and ends ``pruned`` (``core.jobs.runner``'s generic early-stop rule). A
+  LayerNorm-init stage is not judged: it only prepares the method that follows, and the recipes
+  that win on tasks far from pre-training (a linear probe after LN init) look weak until their
+  last stage starts.
+- Shared stages: trials whose LayerNorm-init stage is the same (the init stage has its own
+  learning rate, so every init recipe of one seed and shot count shares it) train it once. Its
+  outcome is kept in object storage under the sweep (``stage_cache_key``) and the next trial
+  continues from it exactly as if it had trained it (``core.adapt.trainer.StageCache``). Trials
+  running at the same moment may each train it; the results are the same.
 
 Compute, by design: with reduction factor ``eta`` (default 3) the rungs are at ``r, r*eta, r*eta^2,
-...`` epochs (``r`` = min_resource, default ``max(1, epochs // eta^3)``), and a trial passes a rung
+...`` epochs of the last stage (``r`` = min_resource, default ``max(1, epochs // eta^3)``), and a trial passes a rung
 only if it is in the top ``1/eta`` of the trials that reached it. Of N trials of E epochs, about
 ``N(1 - 1/eta)`` stop at ``r``, ``N/eta (1 - 1/eta)`` at ``r*eta`` and so on, and about ``N/eta^3``
 run all E epochs: with eta = 3 and r = E/27 that is ``E(2/81 + 2/81 + 2/81 + 1/27) ~= 0.11 E`` per
@@ -189,6 +197,11 @@ class PrunerSettings(BaseModel):
     enabled: bool = Field(True, description="false runs every trial to the end (the full grid).")
 
 
+def judged_epochs(recipe: dict[str, Any]) -> int:
+    """Epochs of a trial's last stage, the one successive halving judges."""
+    return parse_recipe(recipe).resolved_epochs()
+
+
 def trial_epochs(recipe: dict[str, Any]) -> int:
     """Epochs a trial trains when it is not stopped early (both stages of LayerNorm init)."""
     parsed = parse_recipe(recipe)
@@ -250,7 +263,7 @@ def _study(db_url: str, sweep: Sweep) -> Any:
     return optuna.load_study(
         study_name=study_name(sweep.id),
         storage=optuna_storage(db_url),
-        pruner=_pruner(sweep.pruner, max(trial_epochs(t) for t in sweep.space["trials"])),
+        pruner=_pruner(sweep.pruner, max(judged_epochs(t) for t in sweep.space["trials"])),
     )
 
 
@@ -290,18 +303,18 @@ def trial_stop_rule(settings: Settings, sweep_id: str, trial_number: int) -> Any
 
 
 def stop_rule(trial: Any, label: str) -> Any:
-    """Report (best validation accuracy so far, epochs trained) to an Optuna trial and ask its pruner."""
+    """Report (best validation score so far, epochs of the last stage) to an Optuna trial and ask its pruner."""
 
-    def rule(best_accuracy: float, epochs_done: int) -> str | None:
+    def rule(best_score: float, epochs: int) -> str | None:
         try:
             with warnings.catch_warnings():
                 # A resumed trial (its worker died) reports the epochs before its checkpoint again;
                 # Optuna keeps the first report and warns.
                 warnings.filterwarnings("ignore", message=".*is already reported")
-                trial.report(best_accuracy, epochs_done)
+                trial.report(best_score, epochs)
             if trial.should_prune():
-                return (f"successive halving stopped this sweep trial after {epochs_done} epochs "
-                        f"(best validation accuracy {best_accuracy:.4f} is not in the top of its rung)")
+                return (f"successive halving stopped this sweep trial after {epochs} epochs of its last stage "
+                        f"(its best validation score, {best_score:.4f}: accuracy with ties broken by loss, is not in the top of its rung)")
         except Exception as e:  # noqa: BLE001 - a pruner problem must not fail the trial: it runs on
             log.warning("%s: pruner unavailable: %s", label, e)
         return None

@@ -50,6 +50,16 @@ def test_presets_and_custom_spaces_expand_to_valid_recipes() -> None:
         SweepSpace(preset="quick", recipe={"epochs": -1}).expand()
 
 
+def test_the_pruner_ranks_by_accuracy_and_breaks_ties_by_validation_loss() -> None:
+    def score(accuracy: float, loss: float | None, count: int = 40) -> float:
+        return runner.ranking_score({"accuracy": accuracy, "loss": loss, "count": count})
+
+    assert score(0.5, 0.9) > score(0.5, 1.2)  # a tie on 40 images: the lower loss ranks first
+    assert score(0.525, 1e9) > score(0.5, 0.0)  # one image more beats any loss
+    assert score(1.0, 1e9, count=1000) > score(0.999, 0.0, count=1000)
+    assert score(0.5, None) == score(0.5, float("nan")) == 0.5  # metrics without a loss (older jobs)
+
+
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings], database_url: str) -> Settings:
     return make_settings(database_url=database_url, checkpoint_every_s=0, job_lease_s=4)
@@ -107,6 +117,46 @@ def test_successive_halving_stops_a_weak_trial_and_the_sweep_selects_the_best(
 
     study = optuna.load_study(study_name=sweeps.study_name(sweep_id), storage=sweeps.optuna_storage(settings.resolved_database_url))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+
+
+def test_trials_share_their_layernorm_init_stage_through_storage(
+    settings: Settings, make_sweep: Callable[..., tuple[str, list[str]]]
+) -> None:
+    sweep_id, (probe, adapter) = make_sweep(
+        SweepSpace(methods=["linear_probe", "adapter"], layernorm=["init"], recipe={**TINY, "epochs": 2, "init_epochs": 2}),
+        PrunerSettings(enabled=False),
+    )
+    assert [run_job(j, settings=settings) for j in (probe, adapter)] == [JobState.succeeded, JobState.succeeded]
+    with transaction(settings.resolved_database_url) as session:
+        repo = JobRepository(session)
+        metrics = {j: [(m.stage, m.epoch) for m in repo.metrics(j)] for j in (probe, adapter)}
+        events = [e.message for e in repo.events(adapter)]
+    # The second trial continued from the first one's init stage: it trained its own stage only.
+    assert metrics == {probe: [(0, 1), (0, 2), (1, 1), (1, 2)], adapter: [(1, 1), (1, 2)]}
+    assert any("stage 0 (layernorm_init) reused" in m for m in events)
+    _, _, seconds = _sweep(settings, sweep_id)
+    assert {j: seconds[j][1] for j in (probe, adapter)} == {probe: 4, adapter: 2}  # epochs trained
+    stored = list((settings.data_dir / "storage" / "sweeps" / sweep_id / "stages").glob("*.pt"))
+    assert len(stored) == 1
+    # An unreadable stage is trained again rather than failing the trial.
+    stored[0].write_bytes(b"not a stage")
+    cache = runner.StorageStageCache(runner.get_storage(settings), sweep_id, None)
+    assert cache.get(stored[0].stem) is None
+
+
+def test_successive_halving_judges_a_layernorm_init_trial_on_its_last_stage_only(
+    settings: Settings, make_sweep: Callable[..., tuple[str, list[str]]]
+) -> None:
+    sweep_id, (_, _, late) = make_sweep(  # layernorm, linear_probe, linear_probe after LN init
+        SweepSpace(methods=["layernorm", "linear_probe"], layernorm=["none", "init"], recipe={**TINY, "init_epochs": 3})
+    )
+    rule = trial_stop_rule(settings, sweep_id, 0)  # an earlier trial at 100% at every rung (1 and 3 epochs)
+    assert [rule(1.0, step) for step in (1, 2, 3)] == [None, None, None]
+    # The probe after LayerNorm init trains its whole init stage (3 epochs, not judged), then is
+    # judged at epoch 1 of its own stage and stopped there.
+    assert run_job(late, settings=settings) == JobState.pruned
+    with transaction(settings.resolved_database_url) as session:
+        assert [(m.stage, m.epoch) for m in JobRepository(session).metrics(late)] == [(0, 1), (0, 2), (0, 3), (1, 1)]
 
 
 def test_cancel_stops_every_trial(settings: Settings, make_sweep: Callable[..., tuple[str, list[str]]]) -> None:
