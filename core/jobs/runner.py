@@ -100,10 +100,10 @@ class LeaseKeeper:
             self.cancel_requested.set()
 
 
-# Asked after every epoch of a run's last stage with (best validation score of that stage so far:
-# `ranking_score`, its epochs so far): a reason to stop the job early (it then ends ``pruned``: stopped on purpose,
-# its metrics kept), or None. Sweeps give their trials one (successive halving, core.jobs.sweeps);
-# other jobs have none.
+# Asked after every epoch of a run's last stage with (that stage's best `ranking_score` so far, its
+# epochs so far): a reason to stop the job early (it then ends ``pruned``: stopped on purpose, its
+# metrics kept), or None. Sweeps give their trials one (successive halving, core.jobs.sweeps); other
+# jobs have none.
 EarlyStopRule = Callable[[float, int], "str | None"]
 
 
@@ -126,7 +126,7 @@ class EarlyStopTracker:
 
     def __init__(self, rule: EarlyStopRule | None) -> None:
         self.rule = rule
-        self.best: dict[int, float] = {}  # best validation accuracy per stage
+        self.best: dict[int, float] = {}  # best ranking_score per stage
         self.stop_reason: str | None = None
 
     def record(self, stage: int, val: dict[str, Any] | None) -> None:
