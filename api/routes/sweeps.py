@@ -11,7 +11,9 @@ from api.schemas import MAX_OFFSET, SweepCreate, SweepPromote, SweepPublic, Swee
 from core.jobs.dispatch import DispatchError
 from core.jobs.models import JobState, Sweep
 from core.jobs.repository import DatasetRepository, JobRepository
-from core.jobs.sweeps import SweepError, SweepRepository, cancel_sweep, create_sweep, leaderboard
+from core.jobs.sweeps import (
+    SweepError, SweepRepository, all_trials_ended, cancel_sweep, create_sweep, drop_stage_cache, leaderboard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def promote(
 
 
 @router.post("/{sweep_id}/cancel", response_model=SweepPublic)
-def cancel(session: SessionDep, owner: OwnerDep, sweep_id: str) -> SweepPublic:
+def cancel(session: SessionDep, settings: SettingsDep, owner: OwnerDep, sweep_id: str) -> SweepPublic:
     """Cancel the sweep and every trial: queued ones at once, running ones after their current step."""
     repo = SweepRepository(session)
     sweep = _get_sweep(repo, sweep_id, owner, for_update=True)
@@ -128,4 +130,6 @@ def cancel(session: SessionDep, owner: OwnerDep, sweep_id: str) -> SweepPublic:
         raise APIError(409, "sweep_finished", f"sweep is already {sweep.state}")
     cancel_sweep(session, sweep)
     session.commit()
+    if all_trials_ended(settings.resolved_database_url, sweep.id):
+        drop_stage_cache(settings, sweep.id)  # else the last running trial drops it when it stops
     return _public(repo, sweep)

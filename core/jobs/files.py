@@ -29,9 +29,14 @@ def checkpoint_key(job_id: str) -> str:
     return f"checkpoints/{job_id}.pt"
 
 
+def stage_cache_prefix(sweep_id: str) -> str:
+    """The stage outcomes that trials of one sweep share (core.adapt.trainer.StageOutcome); deleted
+    once the sweep's last trial ended."""
+    return f"sweeps/{sweep_id}/stages/"
+
+
 def stage_cache_key(sweep_id: str, stage_key: str) -> str:
-    """A stage outcome that trials of one sweep share (core.adapt.trainer.StageOutcome)."""
-    return f"sweeps/{sweep_id}/stages/{stage_key}.pt"
+    return f"{stage_cache_prefix(sweep_id)}{stage_key}.pt"
 
 
 def archive_limits(settings: Settings) -> Any:

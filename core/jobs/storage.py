@@ -24,6 +24,10 @@ class Storage(Protocol):
     def put_file(self, key: str, source: Path) -> None: ...
     def get_file(self, key: str, dest: Path) -> None: ...
     def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with the folder ``prefix`` (ending in "/"); return
+        how many there were."""
+        ...
     def exists(self, key: str) -> bool: ...
     def check(self) -> None:
         """Raise StorageError unless the store is reachable and writable."""
@@ -38,6 +42,12 @@ def _check_key(key: str) -> str:
     if not key or key.startswith("/") or ".." in parts or "\\" in key:
         raise StorageError(f"invalid storage key {key!r}")
     return key
+
+
+def _check_prefix(prefix: str) -> str:
+    if not prefix.endswith("/"):
+        raise StorageError(f"invalid storage prefix {prefix!r}: a folder ending in '/'")
+    return _check_key(prefix)
 
 
 def _atomic_copy(source: Path, dest: Path) -> None:
@@ -70,6 +80,14 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self.root / _check_prefix(prefix)
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for path in folder.rglob("*") if path.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+        return count
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -143,6 +161,21 @@ class S3Storage:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (BotoCoreError, ClientError) as e:
             raise StorageError(f"delete of {key} from s3://{self.bucket} failed: {e}") from e
+
+    def delete_prefix(self, prefix: str) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        count = 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(_check_prefix(prefix)))
+            for page in pages:  # at most 1,000 keys a page, as many as one delete_objects takes
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+                    count += len(keys)
+        except (BotoCoreError, ClientError) as e:
+            raise StorageError(f"delete of {prefix} from s3://{self.bucket} failed: {e}") from e
+        return count
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

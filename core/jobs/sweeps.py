@@ -24,7 +24,8 @@ it, N workers run N trials at once, and it shows in ``/jobs``. The search and th
   learning rate, so every init recipe of one seed and shot count shares it) train it once. Its
   outcome is kept in object storage under the sweep (``stage_cache_key``) and the next trial
   continues from it exactly as if it had trained it (``core.adapt.trainer.StageCache``). Trials
-  running at the same moment may each train it; the results are the same.
+  running at the same moment may each train it; the results are the same. The stages are deleted
+  once the sweep's last trial ended (``drop_stage_cache``).
 
 Compute, by design: with reduction factor ``eta`` (default 3) the rungs are at ``r, r*eta, r*eta^2,
 ...`` epochs of the last stage (``r`` = min_resource, default ``max(1, epochs // eta^3)``), and a trial passes a rung
@@ -462,7 +463,28 @@ def trial_ended(settings: Settings, job_id: str) -> None:
             return
         _tell(db_url, sweep, job)
         sweep_id = sweep.id
-    advance(settings, sweep_id)
+    if advance(settings, sweep_id) == SweepState.cancelled and all_trials_ended(db_url, sweep_id):
+        drop_stage_cache(settings, sweep_id)  # advance drops it for sweeps that end by themselves
+
+
+def all_trials_ended(db_url: str, sweep_id: str) -> bool:
+    with transaction(db_url) as session:
+        return not any(job.state.active for job in SweepRepository(session).trials(sweep_id))
+
+
+def drop_stage_cache(settings: Settings, sweep_id: str) -> None:
+    """Delete the sweep's shared LayerNorm-init stages once no trial can use them (its last trial
+    ended). Idempotent; a failure leaves only unused objects behind, so it is logged, not raised."""
+    from core.jobs.files import stage_cache_prefix
+    from core.jobs.storage import StorageError, get_storage
+
+    try:
+        count = get_storage(settings).delete_prefix(stage_cache_prefix(sweep_id))
+    except StorageError as e:
+        log.warning("sweep %s: shared stages not deleted: %s", sweep_id, e)
+        return
+    if count:
+        log.info("sweep %s: deleted %d shared stage(s)", sweep_id, count)
 
 
 def leaderboard(trials: Sequence[Job], seconds: dict[str, tuple[float, int]]) -> list[dict[str, Any]]:
@@ -521,15 +543,16 @@ def advance(settings: Settings, sweep_id: str, *, score: bool = True) -> SweepSt
     """Move a sweep on; safe to call any number of times, from any process, at any moment.
 
     running: enforce the device-minute budget; once every trial ended, choose the best (validation
-    only) and move to finishing. finishing: score the best trial's test split and succeed. Each
-    step is one conditional transaction, so a process dying between them leaves the sweep in a
-    state the next call continues from."""
+    only), move to finishing and delete the shared stages no trial needs any more. finishing: score
+    the best trial's test split and succeed. Each step is one conditional transaction, so a process
+    dying between them leaves the sweep in a state the next call continues from."""
     db_url = settings.resolved_database_url
     with transaction(db_url) as session:
         sweeps = SweepRepository(session)
         sweep = sweeps.get(sweep_id, for_update=True)
         if sweep is None or not sweep.state.active:
             return sweep.state if sweep else None
+        trials_ended = False
         if sweep.state == SweepState.running:
             trials = sweeps.trials(sweep_id, for_update=True)
             _spend_budget(session, sweep, trials)
@@ -539,9 +562,14 @@ def advance(settings: Settings, sweep_id: str, *, score: bool = True) -> SweepSt
             if best is None:
                 sweep.state, sweep.finished_at = SweepState.failed, utcnow()
                 sweep.error = {"code": "no_trial_succeeded", "message": "no trial of the sweep succeeded", "detail": None}
-                return sweep.state
-            sweep.best_job_id, sweep.state = best, SweepState.finishing
-        best_id = sweep.best_job_id
+            else:
+                sweep.best_job_id, sweep.state = best, SweepState.finishing
+            trials_ended = True
+        state, best_id = sweep.state, sweep.best_job_id
+    if trials_ended:
+        drop_stage_cache(settings, sweep_id)
+    if state == SweepState.failed:
+        return state
     if not score:
         return SweepState.finishing
     metrics = _score_test(settings, best_id)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from core.jobs.files import stage_cache_key
 from core.jobs.runner import run_job
+from core.jobs.storage import get_storage
 from core.settings import Settings
 from tests.api.conftest import assert_error, authed_client
 
@@ -81,14 +83,18 @@ def test_sweep_runs_promotes_and_predicts_and_stays_with_its_owner(settings: Set
         assert [s["id"] for s in alice.get("/sweeps").json()["data"]] == [sweep["id"]]
 
 
-def test_cancel_and_bad_requests(client: TestClient, dataset: dict) -> None:
+def test_cancel_and_bad_requests(client: TestClient, dataset: dict, settings: Settings, tmp_path: Path) -> None:
     base = {"dataset_id": dataset["id"], "base_model": "clipadapt-tiny"}
     sweep = client.post("/sweeps", json=base | {"space": {"preset": "paper", "recipe": RECIPE},
                                                 "budget": {"max_trials": 5}}).json()
     assert sweep["grid_size"] == 13 and sweep["progress"]["trials"] == 5
+    stage = stage_cache_key(sweep["id"], "some-stage")  # as if a trial had shared its LayerNorm-init stage
+    (tmp_path / "stage.pt").write_bytes(b"stage")
+    get_storage(settings).put_file(stage, tmp_path / "stage.pt")
     cancelled = client.post(f"/sweeps/{sweep['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["progress"]["states"] == {"cancelled": 5}
+    assert not get_storage(settings).exists(stage)  # no trial is left to use it
 
     for space, field in (
         ({"preset": "everything"}, "space.preset"),

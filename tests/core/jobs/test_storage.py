@@ -51,6 +51,20 @@ def test_round_trip_exists_delete(storage: Storage, tmp_path: Path) -> None:
     storage.delete("datasets/a/archive.zip")  # deleting twice is fine
 
 
+def test_delete_prefix_deletes_one_folder_only(storage: Storage, tmp_path: Path) -> None:
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"stage")
+    kept = ["sweeps/s1/stagesX.pt", "sweeps/s10/stages/a.pt", "artifacts/j/artifact.tar.gz"]
+    for key in ["sweeps/s1/stages/a.pt", "sweeps/s1/stages/b.pt", "sweeps/s1/stages/deeper/c.pt", *kept]:
+        storage.put_file(key, source)
+    assert storage.delete_prefix("sweeps/s1/stages/") == 3
+    assert not storage.exists("sweeps/s1/stages/a.pt") and all(storage.exists(key) for key in kept)
+    assert storage.delete_prefix("sweeps/s1/stages/") == 0  # twice is fine
+    for prefix in ("sweeps/s1", "", "../sweeps/", "/abs/"):  # a prefix is a folder, never the whole store
+        with pytest.raises(StorageError):
+            storage.delete_prefix(prefix)
+
+
 def test_missing_object_and_bad_keys_raise(storage: Storage, tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         storage.get_file("artifacts/nope/artifact.tar.gz", tmp_path / "x")

@@ -126,7 +126,11 @@ def test_trials_share_their_layernorm_init_stage_through_storage(
         SweepSpace(methods=["linear_probe", "adapter"], layernorm=["init"], recipe={**TINY, "epochs": 2, "init_epochs": 2}),
         PrunerSettings(enabled=False),
     )
-    assert [run_job(j, settings=settings) for j in (probe, adapter)] == [JobState.succeeded, JobState.succeeded]
+    stages = settings.data_dir / "storage" / "sweeps" / sweep_id / "stages"
+    assert run_job(probe, settings=settings) == JobState.succeeded
+    stored = list(stages.glob("*.pt"))
+    assert len(stored) == 1
+    assert run_job(adapter, settings=settings) == JobState.succeeded
     with transaction(settings.resolved_database_url) as session:
         repo = JobRepository(session)
         metrics = {j: [(m.stage, m.epoch) for m in repo.metrics(j)] for j in (probe, adapter)}
@@ -136,9 +140,10 @@ def test_trials_share_their_layernorm_init_stage_through_storage(
     assert any("stage 0 (layernorm_init) reused" in m for m in events)
     _, _, seconds = _sweep(settings, sweep_id)
     assert {j: seconds[j][1] for j in (probe, adapter)} == {probe: 4, adapter: 2}  # epochs trained
-    stored = list((settings.data_dir / "storage" / "sweeps" / sweep_id / "stages").glob("*.pt"))
-    assert len(stored) == 1
+    # The sweep's last trial ended: no trial needs the stage any more.
+    assert _sweep(settings, sweep_id)[0].state == SweepState.succeeded and not stages.exists()
     # An unreadable stage is trained again rather than failing the trial.
+    stages.mkdir(parents=True)
     stored[0].write_bytes(b"not a stage")
     cache = runner.StorageStageCache(runner.get_storage(settings), sweep_id, None)
     assert cache.get(stored[0].stem) is None
