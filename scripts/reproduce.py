@@ -208,6 +208,7 @@ def plot(out: Path, runs: list[dict[str, Any]], tasks: list[str], shots: list[in
         if zero:
             ax.axhline(100 * zero[0], color="grey", linestyle="--", label="zero-shot")
         ax.set_xscale("log", base=2)
+        ax.set_xlim(min(shots) / 1.4, max(shots) * 1.4)  # a task with no trained run yet has no data to scale by
         ax.set_xticks(shots, [str(k) for k in shots])
         ax.set_title(task)
         ax.set_xlabel("shots per class")
