@@ -4,7 +4,8 @@ A sweep runs a grid of recipes as ordinary jobs (its trials) and stops weak ones
 (successive halving); a stopped trial ends in the new job state ``pruned`` (job.state is a
 non-native enum, a VARCHAR(16): the new value needs no DDL). Optuna keeps its own tables (the
 pruner's bookkeeping) in the Postgres schema ``clipadapt_optuna``, created on first use; the
-downgrade drops it. On SQLite Optuna uses a sibling file instead.
+downgrade drops it. On SQLite Optuna uses a sibling file instead (``<db>-optuna.db``), which the
+downgrade deletes.
 
 Revision ID: 0004_sweeps
 Revises: 0003_outbox_epoch_seconds
@@ -14,6 +15,7 @@ Create Date: 2026-12-05
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
@@ -78,5 +80,11 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_sweep_state"), table_name="sweep")
     op.drop_index(op.f("ix_sweep_owner"), table_name="sweep")
     op.drop_table("sweep")
-    if op.get_bind().dialect.name == "postgresql":
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
         op.execute(f"DROP SCHEMA IF EXISTS {OPTUNA_SCHEMA} CASCADE")
+    elif bind.dialect.name == "sqlite" and bind.engine.url.database not in (None, "", ":memory:"):
+        # The same name core.jobs.sweeps gives it (a migration keeps its own copy: it must not change
+        # when the application does).
+        database = Path(bind.engine.url.database)
+        database.with_name(f"{database.stem}-optuna.db").unlink(missing_ok=True)

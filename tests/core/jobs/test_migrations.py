@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import make_url
 
+from core.jobs import sweeps
 from core.jobs.models import Base
+from core.jobs.sweeps import OPTUNA_SCHEMA
 from tests.conftest import migrate
 
 
@@ -19,8 +24,6 @@ def empty_url(request: pytest.FixtureRequest, tmp_path) -> str:
 
 
 def _back_to_head(url: str) -> None:
-    from core.jobs import sweeps
-
     migrate(url)
     # Downgrading dropped Optuna's schema under this process's cached RDBStorage, which created its
     # tables when it was built: later tests sharing the database need a new one.
@@ -39,8 +42,27 @@ def test_upgrade_from_empty_to_head_and_back_down(empty_url: str) -> None:
     assert _tables(empty_url) == set()
     migrate(empty_url)
     assert _tables(empty_url) == set(Base.metadata.tables)
+    sweeps._optuna_storage.cache_clear()
+    sweeps.optuna_storage(empty_url)  # Optuna's tables, as the first sweep creates them
+    sweeps._optuna_storage.cache_clear()
+    assert _optuna_tables(empty_url)
     migrate(empty_url, "base", down=True)
     assert _tables(empty_url) == set()
+    assert not _optuna_tables(empty_url)
+
+
+def _optuna_tables(url: str) -> set[str]:
+    """Optuna's tables: in their Postgres schema, or in the SQLite database's sibling file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = Path(parsed.database)
+        sibling = database.with_name(f"{database.stem}-optuna.db")
+        return _tables(str(parsed.set(database=str(sibling)))) if sibling.exists() else set()
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names(schema=OPTUNA_SCHEMA))
+    finally:
+        engine.dispose()
 
 
 def test_head_matches_the_orm_models(empty_url: str) -> None:
