@@ -54,6 +54,9 @@ class EpochReport:
     val: dict[str, Any]
     best: bool
     final_stage: bool = True  # the run's last stage: the one whose best epoch the result keeps
+    # Parameters the run trains in this stage and those before it: in the last stage, the count the
+    # result reports, known before the run ends (a trial stopped early still has it).
+    trainable_params: int | None = None
 
 
 @dataclass
@@ -360,6 +363,7 @@ def _fit(
     optimizer = torch.optim.AdamW(
         trainable.values(), lr=recipe.resolved_lr(), weight_decay=recipe.weight_decay, fused=device.type == "cuda"
     )
+    trained_count = sum(p.numel() for name, p in model.named_parameters() if name in run.trained)
     size = len(splits.train)
     batch_size = min(recipe.batch_size, size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.epochs * math.ceil(size / batch_size))
@@ -423,7 +427,8 @@ def _fit(
             if is_best:
                 best_accuracy = accuracy
                 best_state = {name: p.detach().clone() for name, p in trainable.items()}
-            report = EpochReport(stage_index, stage.name, epoch, stage.epochs, total_loss / max(seen, 1), val, is_best, final)
+            report = EpochReport(stage_index, stage.name, epoch, stage.epochs, total_loss / max(seen, 1), val, is_best, final,
+                                 trained_count)
             run.history.append({"stage": stage_index, "stage_name": stage.name, "epoch": epoch, "epochs": stage.epochs,
                                 "train_loss": report.train_loss, "val": val, "best": is_best})
             callbacks.on_epoch_end(report)

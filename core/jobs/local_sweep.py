@@ -58,6 +58,7 @@ class _TrialCallbacks:
         self.early_stop, self.on_epoch = EarlyStopTracker(rule), on_epoch
         self.epochs_done = 0  # epochs trained (a reused stage's are not)
         self.best_val: dict[str, Any] | None = None
+        self.trainable_params: int | None = None  # the last stage's count, also when stopped early
 
     def on_stage_start(self, stage: int, name: str, epochs: int) -> None:
         pass
@@ -66,6 +67,8 @@ class _TrialCallbacks:
         self.epochs_done += 1
         if report.best:
             self.best_val = report.val
+        if report.final_stage:
+            self.trainable_params = report.trainable_params
         self.early_stop.epoch_end(report)
         self.on_epoch()
 
@@ -130,6 +133,7 @@ def run_local_sweep(
                            stage_cache=stages)
         except TrainingCancelled:
             job.state, job.val_metrics = JobState.pruned, _jsonable(callbacks.best_val)
+            job.trainable_params = callbacks.trainable_params
             study.tell(job.sweep_trial, state=TrialState.PRUNED)
         except (TrainingDiverged, ValueError) as e:  # what a job records as `diverged` / `invalid_request`
             job.state, job.val_metrics, job.error = JobState.failed, _jsonable(callbacks.best_val), {"message": str(e)}

@@ -219,6 +219,8 @@ class JobCallbacks:
             job.epoch, job.epochs = report.epoch, report.epochs
             if report.best:
                 job.val_metrics = _jsonable(report.val)
+            if report.final_stage and report.trainable_params is not None:
+                job.trainable_params = report.trainable_params  # also for a trial stopped early
 
         self._write(work, f"metrics of epoch {report.epoch}")
         self.early_stop.epoch_end(report)

@@ -1,10 +1,14 @@
 """The dashboard in a real browser: headless Debian chromium driven by Selenium against the embedded
 API (as `make serve` runs it). upload -> create job -> watch it finish -> confusion matrix ->
-predictions -> a sweep's leaderboard and promotion; a screenshot of every page under test-output/dashboard/; any browser console error fails."""
+predictions -> a sweep's leaderboard and promotion; a screenshot of every page under test-output/dashboard/; any browser console error fails.
+It runs on clipadapt-starter and three classes of its shifted `outlines` task, so the screenshots (the
+README's) show a model that learns, not chance."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +20,16 @@ from tests.conftest import REPO, migrate, require_service
 from tests.e2e.conftest import Processes
 
 SHOTS = REPO / "test-output" / "dashboard"
+CLASSES = ("circle", "square", "triangle")  # the first three of the `outlines` task
+
+
+@pytest.fixture(scope="module")
+def shapes_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes of outlined shapes, 8 train / 4 val / 4 test images each."""
+    path = tmp_path_factory.mktemp("shapes") / "shapes.zip"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_example_dataset.py"), str(path), "--task", "outlines",
+                    "--classes", "3", "--train", "8", "--val", "4", "--test", "4"], check=True, capture_output=True)
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -62,9 +76,9 @@ def console_errors(driver, expected: list[str]) -> list[dict]:
     return errors
 
 
-def test_dashboard_flow_in_a_browser(processes: Processes, tmp_path: Path, example_zip: Path, browser) -> None:
+def test_dashboard_flow_in_a_browser(processes: Processes, tmp_path: Path, shapes_zip: Path, browser) -> None:
     try:
-        flow(browser, processes, tmp_path, example_zip)
+        flow(browser, processes, tmp_path, shapes_zip)
     except BaseException:
         # What the page showed and logged when it failed, for the CI log.
         browser.save_screenshot(str(SHOTS / "failure.png"))
@@ -72,7 +86,7 @@ def test_dashboard_flow_in_a_browser(processes: Processes, tmp_path: Path, examp
         raise
 
 
-def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> None:
+def flow(driver, processes: Processes, tmp_path: Path, shapes_zip: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -91,20 +105,21 @@ def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> Non
 
     # Datasets: a broken archive is refused with the offending member named.
     broken = tmp_path / "broken.zip"
-    with zipfile.ZipFile(example_zip) as src, zipfile.ZipFile(broken, "w") as dst:
+    with zipfile.ZipFile(shapes_zip) as src, zipfile.ZipFile(broken, "w") as dst:
+        corrupt = sorted(n for n in src.namelist() if n.startswith("train/square/"))[0]
         for item in src.infolist():
-            dst.writestr(item, b"not a png" if item.filename == "train/one/001.png" else src.read(item))
+            dst.writestr(item, b"not a png" if item.filename == corrupt else src.read(item))
     driver.get(f"{url}/#/datasets")
     wait.until(EC.presence_of_element_located((By.ID, "ds-file"))).send_keys(str(broken))
     driver.find_element(By.ID, "ds-upload").click()
-    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main .error"), "001.png"))
-    assert "one" in text_of("main .error")
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main .error"), corrupt.rsplit("/", 1)[1]))
+    assert "square" in text_of("main .error")
     shot("datasets-rejected")
 
     # A valid one: per-split counts and thumbnails of every class.
-    driver.find_element(By.ID, "ds-file").send_keys(str(example_zip))
+    driver.find_element(By.ID, "ds-file").send_keys(str(shapes_zip))
     driver.find_element(By.ID, "ds-upload").click()
-    wait.until(EC.text_to_be_present_in_element((By.ID, "ds-status"), "Uploaded digits: 3 classes"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "ds-status"), "Uploaded shapes: 3 classes"))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "details.dataset[open] .thumbs img")) >= 3 * 6)
     dataset_id = driver.find_element(By.CSS_SELECTOR, "details.dataset[open]").get_attribute("data-id")
     assert [th.text for th in driver.find_elements(By.CSS_SELECTOR, "table.counts thead th")] == ["class", "train", "val", "test", "samples"]
@@ -115,13 +130,15 @@ def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> Non
     method = wait.until(EC.presence_of_element_located((By.ID, "job-method")))
     assert {o.text for o in Select(method).options} >= {"auto", "layernorm", "adapter", "compacter"}
     assert wait.until(EC.presence_of_element_located((By.ID, "f-similarity_threshold")))  # auto's own field
-    Select(driver.find_element(By.ID, "job-base")).select_by_value("clipadapt-tiny")
+    Select(driver.find_element(By.ID, "job-base")).select_by_value("clipadapt-starter")
     Select(method).select_by_value("layernorm")
-    epochs = wait.until(EC.presence_of_element_located((By.ID, "f-epochs")))
-    epochs.clear()
-    epochs.send_keys("3")
-    driver.find_element(By.ID, "job-name").send_keys("browser")
-    wait.until(lambda d: d.find_elements(By.ID, "est-params") and "3 epochs" in text_of("#estimate"))
+    # The learning tests' raised rate for a short schedule (tests/core/starter/test_learning.py).
+    for field, value in (("f-epochs", "15"), ("f-lr", "0.01")):
+        control = wait.until(EC.presence_of_element_located((By.ID, field)))
+        control.clear()
+        control.send_keys(value)
+    driver.find_element(By.ID, "job-name").send_keys("outlines, layernorm")
+    wait.until(lambda d: d.find_elements(By.ID, "est-params") and "15 epochs" in text_of("#estimate"))
     assert int(text_of("#est-params").replace(",", "")) > 0
     # Every form control has a label.
     for control in driver.find_elements(By.CSS_SELECTOR, "main input, main select, main textarea"):
@@ -136,7 +153,7 @@ def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> Non
     WebDriverWait(driver, 90).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".state-succeeded")))
     wait.until(EC.presence_of_element_located((By.ID, "confusion")))
     cells = driver.find_elements(By.CSS_SELECTOR, "#confusion tbody td")
-    assert len(cells) == 9 and sum(int(c.text) for c in cells) == 3 * 2  # 2 test images per class
+    assert len(cells) == 9 and sum(int(c.text) for c in cells) == 3 * 4  # 4 test images per class
     assert driver.find_elements(By.CSS_SELECTOR, "#chart-loss canvas") and driver.find_elements(By.CSS_SELECTOR, "#chart-val canvas")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#per-class li")) == 3
     assert "succeeded" in text_of("#events")
@@ -149,20 +166,20 @@ def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> Non
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f"#jobs a[href='#/jobs/{job_id}']")))
     shot("jobs")
 
-    # Predict: two test images with the fine-tuned model, compared with the base model zero-shot.
-    with zipfile.ZipFile(example_zip) as z:
-        names = sorted(n for n in z.namelist() if n.startswith("test/") and n.endswith(".png"))[:2]
+    # Predict: a test image of each class with the fine-tuned model, compared with the base model zero-shot.
+    with zipfile.ZipFile(shapes_zip) as z:
+        names = [sorted(n for n in z.namelist() if n.startswith(f"test/{c}/"))[0] for c in CLASSES]
         z.extractall(tmp_path / "images", members=names)
     driver.get(f"{url}/#/predict?job={job_id}")
     files = wait.until(EC.presence_of_element_located((By.ID, "images")))
     files.send_keys("\n".join(str(tmp_path / "images" / n) for n in names))
     driver.find_element(By.ID, "compare").click()
-    Select(driver.find_element(By.ID, "b-model")).select_by_value("base:clipadapt-tiny")
-    driver.find_element(By.ID, "b-classes").send_keys("zero, one, two")
+    Select(driver.find_element(By.ID, "b-model")).select_by_value("base:clipadapt-starter")
+    driver.find_element(By.ID, "b-classes").send_keys(", ".join(CLASSES))
     driver.find_element(By.ID, "predict-submit").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".compare .prediction")) == 4)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".compare .prediction")) == 6)
     labels = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".prediction .label")}
-    assert labels and labels <= {"zero", "one", "two"}
+    assert labels and labels <= set(CLASSES)
     shot("predict")
 
     driver.get(f"{url}/#/models")
@@ -172,8 +189,8 @@ def flow(driver, processes: Processes, tmp_path: Path, example_zip: Path) -> Non
     # Sweeps: a quick sweep from the form; the leaderboard and the accuracy/size scatter fill in; promote.
     driver.get(f"{url}/#/sweeps?dataset={dataset_id}")
     wait.until(EC.presence_of_element_located((By.ID, "sweep-form")))
-    Select(driver.find_element(By.ID, "sw-base")).select_by_value("clipadapt-tiny")
-    for control, value in (("sw-lrs", "0.001"), ("sw-seeds", "0"), ("sw-epochs", "1"), ("sw-name", "browser sweep")):
+    Select(driver.find_element(By.ID, "sw-base")).select_by_value("clipadapt-starter")
+    for control, value in (("sw-lrs", "0.01"), ("sw-seeds", "0"), ("sw-epochs", "5"), ("sw-name", "outlines, quick")):
         element = driver.find_element(By.ID, control)
         element.clear()
         element.send_keys(value)

@@ -77,3 +77,18 @@ def test_an_outcome_from_another_random_state_is_not_reused(tiny_base, digits):
     callbacks = Recording()
     train(tiny_base, digits, recipe, callbacks=callbacks, stage_cache=cache)
     assert callbacks.stages == [0, 1] and not any("reused" in m for m in callbacks.messages)
+
+
+def test_each_epoch_reports_the_parameters_trained_so_far(tiny_base, digits):
+    """A sweep shows a trial's size even when it is stopped early: the last stage's reports carry the
+    count the result would have; the init stage's, only its LayerNorms."""
+    reports = []
+
+    class Reports(NoCallbacks):
+        def on_epoch_end(self, report):
+            reports.append((report.stage, report.final_stage, report.trainable_params))
+
+    result = train(tiny_base, digits, parse_recipe({**INIT, "method": "adapter"}), callbacks=Reports())
+    layernorm = train(tiny_base, digits, parse_recipe({**INIT, "method": "layernorm", "layernorm": "none"})).trainable_params
+    assert reports == [(0, False, layernorm)] * 2 + [(1, True, result.trainable_params)] * 2
+    assert 0 < layernorm < result.trainable_params

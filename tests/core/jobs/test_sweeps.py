@@ -113,6 +113,7 @@ def test_successive_halving_stops_a_weak_trial_and_the_sweep_selects_the_best(
     board = sweeps.leaderboard(trials, seconds)
     assert [row["stopped_early"] for row in board] == [False, True] and board[0]["complete"]
     assert board[0]["trainable_params"] > 0 and board[0]["epochs_trained"] == 3
+    assert board[1]["trainable_params"] == board[0]["trainable_params"]  # known for the pruned trial too
     import optuna
 
     study = optuna.load_study(study_name=sweeps.study_name(sweep_id), storage=sweeps.optuna_storage(settings.resolved_database_url))
