@@ -328,6 +328,17 @@ def _trial_id(db_url: str, sweep_id: str, trial_number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name(sweep_id)), trial_number)
 
 
+def _told_trials(db_url: str, sweep_id: str) -> set[int]:
+    """Numbers of the study's finished trials, read at once: the recovery loop asks on every pass,
+    for every ended trial of every active sweep."""
+    from optuna.trial import TrialState
+
+    storage = optuna_storage(db_url)
+    study_id = storage.get_study_id_from_name(study_name(sweep_id))
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return {t.number for t in storage.get_all_trials(study_id, deepcopy=False, states=finished)}
+
+
 def _tell(db_url: str, sweep: Sweep, job: Job) -> None:
     """Record a finished trial in the study (once: a told trial is left alone)."""
     from optuna.trial import TrialState
@@ -630,8 +641,10 @@ def advance_sweeps(settings: Settings, submit: Any = None) -> list[str]:
             continue  # its finishing process is probably still scoring
         try:
             with transaction(db_url) as session:
-                for job in SweepRepository(session).trials(sweep_id):
-                    if not job.state.active and job.sweep_trial is not None:
+                ended = [j for j in SweepRepository(session).trials(sweep_id) if not j.state.active and j.sweep_trial is not None]
+                told = _told_trials(db_url, sweep_id) if ended else set()
+                for job in ended:
+                    if job.sweep_trial not in told:
                         _tell(db_url, session.get(Sweep, sweep_id), job)
             if advance(settings, sweep_id) != state:
                 moved.append(sweep_id)

@@ -207,6 +207,10 @@ def test_a_worker_dying_between_sweep_steps_leaves_nothing_stuck(
     assert advance_sweeps(settings) == [sweep_id]
     sweep, trials, _ = _sweep(settings, sweep_id)
     assert sweep.state == SweepState.succeeded and sweep.test_metrics["count"] == 6
+    import optuna
+
+    study = optuna.load_study(study_name=sweeps.study_name(sweep_id), storage=sweeps.optuna_storage(settings.resolved_database_url))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]  # recovery told the pruner
     assert advance_sweeps(settings) == [] and advance(settings, sweep_id) == SweepState.succeeded  # idempotent
 
 
