@@ -166,7 +166,7 @@ def summarize(out: Path) -> str:
     for task in tasks:
         zero = [r["test_accuracy"] for r in runs if r["task"] == task and r["label"] == "zero_shot"]
         lines += [f"## `{task}` ({TASKS[task].similarity})", "",
-                  "| recipe | trainable | " + " | ".join(f"{k} shots" for k in shots) + " |",
+                  "| recipe | trainable | " + " | ".join(f"{k}-shot" for k in shots) + " |",
                   "|---|---|" + "---|" * len(shots),
                   f"| zero-shot (80 templates) | 0 | " + " | ".join(cell(zero) for _ in shots) + " |"]
         for lab in labels:
