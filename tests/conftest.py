@@ -103,14 +103,15 @@ def make_settings(tmp_path: Path) -> Callable[..., object]:
     return make
 
 
+def write_example_dataset(path: Path, *options: str) -> Path:
+    """An archive written by the quick-start script (scripts/make_example_dataset.py) with `options`."""
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_example_dataset.py"), str(path), *options],
+                   check=True, capture_output=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def example_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 classes of digits, 4 train / 2 val / 2 test images each, written by the quick-start script."""
-    path = tmp_path_factory.mktemp("example") / "digits.zip"
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_example_dataset.py"), str(path),
-         "--classes", "3", "--train", "4", "--val", "2", "--test", "2", "--size", "32"],
-        check=True,
-        capture_output=True,
-    )
-    return path
+    """3 classes of digits, 4 train / 2 val / 2 test images each."""
+    return write_example_dataset(tmp_path_factory.mktemp("example") / "digits.zip",
+                                 "--classes", "3", "--train", "4", "--val", "2", "--test", "2", "--size", "32")

@@ -192,8 +192,12 @@ class TrainResult:
 
     @property
     def trainable_params(self) -> int:
-        params = dict(self.adapted.named_parameters())
-        return sum(params[name].numel() for name in self.trained_names)
+        return count_params(self.adapted, self.trained_names)
+
+
+def count_params(model: torch.nn.Module, names: set[str]) -> int:
+    """Elements of `model`'s parameters named in `names`."""
+    return sum(p.numel() for name, p in model.named_parameters() if name in names)
 
 
 def autocast(device: torch.device):
@@ -363,7 +367,7 @@ def _fit(
     optimizer = torch.optim.AdamW(
         trainable.values(), lr=recipe.resolved_lr(), weight_decay=recipe.weight_decay, fused=device.type == "cuda"
     )
-    trained_count = sum(p.numel() for name, p in model.named_parameters() if name in run.trained)
+    trained_count = count_params(model, run.trained)
     size = len(splits.train)
     batch_size = min(recipe.batch_size, size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.epochs * math.ceil(size / batch_size))

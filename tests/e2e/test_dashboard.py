@@ -7,8 +7,6 @@ README's) show a model that learns, not chance."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from tests.conftest import REPO, migrate, require_service
+from tests.conftest import REPO, migrate, require_service, write_example_dataset
 from tests.e2e.conftest import Processes
 
 SHOTS = REPO / "test-output" / "dashboard"
@@ -26,10 +24,8 @@ CLASSES = ("circle", "square", "triangle")  # the first three of the `outlines` 
 @pytest.fixture(scope="module")
 def shapes_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes of outlined shapes, 8 train / 4 val / 4 test images each."""
-    path = tmp_path_factory.mktemp("shapes") / "shapes.zip"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_example_dataset.py"), str(path), "--task", "outlines",
-                    "--classes", "3", "--train", "8", "--val", "4", "--test", "4"], check=True, capture_output=True)
-    return path
+    return write_example_dataset(tmp_path_factory.mktemp("shapes") / "shapes.zip", "--task", "outlines",
+                                 "--classes", "3", "--train", "8", "--val", "4", "--test", "4")
 
 
 @pytest.fixture(autouse=True)
